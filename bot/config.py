@@ -1,0 +1,26 @@
+"""Settings sections the Discord side reads (composed into the app's settings)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+DISCORD_API_BASE = "https://discord.com/api/v10"
+
+
+class DiscordSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bot_token: SecretStr
+    guild_id: int
+    coze_bot_id: int
+    channel_id: int
+    user_tokens: list[SecretStr] = Field(default_factory=list)
+    api_base: str = DISCORD_API_BASE
+
+
+class CompletionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    quiet_seconds: float = Field(default=4.0, gt=0)
+    first_reply_timeout: float = Field(default=60.0, gt=0)
+    max_reply_seconds: float = Field(default=300.0, gt=0)

@@ -1,0 +1,102 @@
+"""The narrow interface the HTTP API uses to reach a Coze bot.
+
+`bridge_api` depends on this module only; `bot.backend.DiscordBackend` implements it over
+Discord and `bot.mock.MockBackend` implements it in memory for tests.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+class BridgeState(enum.Enum):
+    """Where the bridge is in its life; readiness, metrics and logs all read this."""
+
+    STARTING = "starting"
+    CONNECTING = "connecting"
+    READY = "ready"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTurn:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRequest:
+    request_id: str
+    model: str
+    turns: tuple[ChatTurn, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Nothing arrived for one heartbeat interval; lets the caller send keep-alives."""
+
+
+FinishReason = Literal["stop", "length", "content_filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    reason: FinishReason
+    content: str
+    suggestions: tuple[str, ...] = ()
+
+
+ReplyEvent = TextDelta | Idle | Finished
+
+
+class BridgeError(Exception):
+    """A failure the API turns into an OpenAI-shaped error.
+
+    `posted` says whether the prompt already reached Discord: a client retry would then post it
+    twice, so the API forbids retries for those.
+    """
+
+    code = "bridge_error"
+
+    def __init__(self, message: str, *, posted: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.posted = posted
+        self.retry_after = retry_after
+
+
+class NotReady(BridgeError):
+    code = "gateway_not_ready"
+
+
+class SendFailed(BridgeError):
+    code = "discord_send_failed"
+
+
+class ReplyTimeout(BridgeError):
+    code = "timeout"
+
+
+class Backend(Protocol):
+    @property
+    def state(self) -> BridgeState: ...
+
+    @property
+    def models(self) -> Sequence[str]: ...
+
+    def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncIterator[ReplyEvent]:
+        """Post the prompt and yield the reply: deltas, `Idle`s, then exactly one `Finished`.
+
+        Raises `BridgeError` instead of finishing. Closing the iterator early releases
+        everything the request held.
+        """
+        ...
