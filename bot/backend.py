@@ -1,16 +1,210 @@
-"""The Discord implementation of `bot.interface.Backend` (work in progress)."""
+"""The Discord implementation of `bot.interface.Backend`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 
-from bot.config import CompletionSettings, DiscordSettings
-from bot.interface import Backend
+import aiohttp
+import discord
+import yarl
+
+from bot.config import DEFAULT_MODEL, CompletionSettings, DiscordSettings
+from bot.detector import CompletionDetector, NoReply
+from bot.interface import (
+    Backend,
+    BridgeState,
+    Finished,
+    Idle,
+    NotReady,
+    PromptRequest,
+    ReplyEvent,
+    ReplyTimeout,
+    SendFailed,
+)
+from bot.listener import Listener
+from bot.prompt import render_prompt, split_prompt
+from bot.rest import Credential, DiscordRest, RestError
+from bot.router import Inbox, ReplyRouter
+from bot.tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+THREAD_NAME_CHARS = 60
+
+
+class StartupError(Exception):
+    """The bridge cannot start (bad token, Discord unreachable); the message is safe to print."""
+
+
+class DiscordBackend:
+    def __init__(
+        self,
+        *,
+        discord_settings: DiscordSettings,
+        completion: CompletionSettings,
+        client: Listener,
+        rest: DiscordRest,
+        router: ReplyRouter,
+        senders: Sequence[Credential],
+    ) -> None:
+        self._settings = discord_settings
+        self._completion = completion
+        self._client = client
+        self._rest = rest
+        self._router = router
+        self._senders: Iterator[Credential] = itertools.cycle(senders)
+        self._mention = f"<@{discord_settings.coze_bot_id}>"
+        self.stopping = False
+
+    @property
+    def state(self) -> BridgeState:
+        return BridgeState.STOPPING if self.stopping else self._client.bridge_state
+
+    @property
+    def models(self) -> Sequence[str]:
+        return (DEFAULT_MODEL,)
+
+    @property
+    def open_replies(self) -> int:
+        return len(self._router)
+
+    async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncIterator[ReplyEvent]:
+        if self.state is not BridgeState.READY:
+            raise NotReady(f"the Discord gateway is {self.state.value}", retry_after=5)
+        thread_id = await self._open_thread(request)
+        inbox = self._router.open(thread_id)
+        try:
+            await self._post_prompt(inbox, request)
+            async for event in self._follow(inbox, heartbeat):
+                yield event
+        finally:
+            self._router.close(inbox)
+
+    async def _open_thread(self, request: PromptRequest) -> int:
+        channel = self._client.get_channel(self._settings.channel_id)
+        if not isinstance(channel, discord.TextChannel):
+            raise SendFailed(f"channel {self._settings.channel_id} is not a text channel the bot can see")
+        try:
+            thread = await channel.create_thread(
+                name=_thread_name(request), type=discord.ChannelType.public_thread, auto_archive_duration=60
+            )
+        except discord.HTTPException as exc:
+            raise SendFailed(f"Discord refused to create a thread (HTTP {exc.status})") from None
+        return thread.id
+
+    async def _post_prompt(self, inbox: Inbox, request: PromptRequest) -> None:
+        chunks = split_prompt(render_prompt(request.turns), self._mention)
+        sender = next(self._senders)
+        # Only the Coze bot may be pinged, whatever the prompt text contains.
+        mentions = {"parse": [], "users": [str(self._settings.coze_bot_id)]}
+        for chunk in chunks:
+            try:
+                message_id = await self._rest.post_message(
+                    inbox.channel_id, {"content": chunk, "allowed_mentions": mentions}, sender
+                )
+            except RestError as exc:
+                raise SendFailed(str(exc), posted=bool(inbox.prompt_ids)) from None
+            self._router.add_prompt(inbox, message_id)
+
+    async def _follow(self, inbox: Inbox, heartbeat: float) -> AsyncIterator[ReplyEvent]:
+        loop = asyncio.get_running_loop()
+        detector = CompletionDetector(
+            started_at=loop.time(),
+            quiet_seconds=self._completion.quiet_seconds,
+            first_reply_timeout=self._completion.first_reply_timeout,
+            max_reply_seconds=self._completion.max_reply_seconds,
+        )
+        queue = inbox.queue
+        while (deadline := detector.deadline) is not None:
+            if queue.empty():
+                wait = min(deadline - loop.time(), heartbeat)
+                try:
+                    async with asyncio.timeout(wait):
+                        snapshot = await queue.get()
+                except TimeoutError:
+                    if loop.time() < deadline:
+                        yield Idle()
+                        continue
+                    steps = detector.tick(loop.time())
+                else:
+                    steps = detector.feed(snapshot, loop.time())
+            else:
+                steps = detector.feed(queue.get_nowait(), loop.time())
+            for step in steps:
+                if isinstance(step, NoReply):
+                    raise ReplyTimeout(
+                        f"the Coze bot did not answer within {self._completion.first_reply_timeout:g}s",
+                        posted=True,
+                    )
+                yield step
+                if isinstance(step, Finished):
+                    return
+
+
+def _thread_name(request: PromptRequest) -> str:
+    last = next((turn.content for turn in reversed(request.turns) if turn.role == "user"), "")
+    words = " ".join(last.split())[:THREAD_NAME_CHARS] or "chat"
+    return f"{words} · {request.request_id[-8:]}"
+
+
+def _point_discordpy_at(api_base: str, gateway_url: str) -> None:
+    # discord.py reads both from class attributes, so they apply process-wide; a plain Client
+    # never asks /gateway/bot itself and falls back to DEFAULT_GATEWAY after a refused RESUME.
+    discord.http.Route.BASE = api_base.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
 @asynccontextmanager
-async def open_backend(discord: DiscordSettings, completion: CompletionSettings) -> AsyncIterator[Backend]:
-    """Connect to Discord, yield a ready-to-use backend, and close everything on exit."""
-    raise NotImplementedError
-    yield  # pragma: no cover
+async def open_backend(discord_settings: DiscordSettings, completion: CompletionSettings) -> AsyncIterator[Backend]:
+    """Log in to Discord, start the gateway, yield the backend; close everything on exit."""
+    bot = Credential(discord_settings.bot_token.get_secret_value(), is_bot=True, label="listener bot")
+    senders = [
+        Credential(token.get_secret_value(), is_bot=False, label=f"user token #{index}")
+        for index, token in enumerate(discord_settings.user_tokens, start=1)
+    ]
+    if not senders:
+        log.warning(
+            "no discord.user_tokens: the listener bot posts the prompts itself, and a real Coze bot "
+            "does not answer prompts written by bot accounts"
+        )
+        senders = [bot]
+    tasks = TaskSet()
+    router = ReplyRouter()
+    client = Listener(coze_bot_id=discord_settings.coze_bot_id, sink=router.deliver)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        rest = DiscordRest(discord_settings.api_base, session)
+        backend = DiscordBackend(
+            discord_settings=discord_settings,
+            completion=completion,
+            client=client,
+            rest=rest,
+            router=router,
+            senders=senders,
+        )
+        try:
+            try:
+                _point_discordpy_at(discord_settings.api_base, await rest.gateway_url(bot))
+                await client.login(discord_settings.bot_token.get_secret_value())
+            except (RestError, discord.LoginFailure) as exc:
+                raise StartupError(f"cannot log in to Discord at {discord_settings.api_base}: {exc}") from None
+            tasks.spawn(_run_gateway(client), name="discord-gateway")
+            yield backend
+        finally:
+            backend.stopping = True
+            await client.close()
+            await tasks.close()
+
+
+async def _run_gateway(client: Listener) -> None:
+    try:
+        await client.connect(reconnect=True)
+    except discord.PrivilegedIntentsRequired:
+        client.bridge_state = BridgeState.DEGRADED
+        log.error("enable the Message Content intent for the listening bot in the Discord developer portal")
+    except (discord.GatewayNotFound, discord.ConnectionClosed) as exc:
+        client.bridge_state = BridgeState.DEGRADED
+        log.error("the Discord gateway connection ended: %s", exc)

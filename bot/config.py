@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 DISCORD_API_BASE = "https://discord.com/api/v10"
+# Until several Coze bots can be configured, the one bot is served under this model id.
+DEFAULT_MODEL = "coze"
 
 
 class DiscordSettings(BaseModel):

@@ -9,9 +9,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from bot.config import CompletionSettings, DiscordSettings
+from bot.config import DEFAULT_MODEL, CompletionSettings, DiscordSettings
 
-MODEL_NAME = "coze"
+MODEL_NAME = DEFAULT_MODEL
 
 
 class ApiSettings(BaseModel):

@@ -1,0 +1,96 @@
+"""Raw Discord REST for what discord.py cannot do: posting as a user account.
+
+A Coze-published bot ignores prompts authored by bot accounts (since early 2024), so prompts
+go out with user-account tokens; discord.py no longer supports those, hence plain aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, TypedDict
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+# Waits longer than this are not worth holding an HTTP request for; the caller gets an error.
+MAX_RATE_LIMIT_WAIT = 30.0
+MAX_ATTEMPTS = 4
+
+
+class Credential:
+    """A Discord token and the `Authorization` value it sends; never shows the token itself."""
+
+    __slots__ = ("authorization", "is_bot", "label")
+
+    def __init__(self, token: str, *, is_bot: bool, label: str) -> None:
+        # User tokens go in Authorization as they are; bot tokens need the "Bot " prefix.
+        self.authorization = f"Bot {token}" if is_bot else token
+        self.is_bot = is_bot
+        self.label = label
+
+    def __repr__(self) -> str:
+        return f"<Credential {self.label}>"
+
+
+class AllowedMentions(TypedDict):
+    parse: list[str]
+    users: list[str]
+
+
+class MessageCreate(TypedDict, total=False):
+    content: str
+    allowed_mentions: AllowedMentions
+
+
+class RestError(Exception):
+    """A Discord REST call that failed; `status` is None for network errors."""
+
+    def __init__(self, message: str, *, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DiscordRest:
+    def __init__(self, api_base: str, session: aiohttp.ClientSession) -> None:
+        self._api_base = api_base.rstrip("/")
+        self._session = session
+
+    async def request(
+        self, method: str, path: str, credential: Credential, *, json: Any = None
+    ) -> dict[str, Any]:
+        url = self._api_base + path
+        headers = {"Authorization": credential.authorization}
+        for _attempt in range(MAX_ATTEMPTS):
+            try:
+                async with self._session.request(method, url, json=json, headers=headers) as resp:
+                    body: Any = await resp.json(content_type=None) if resp.content_length != 0 else {}
+                    if resp.status == 429:
+                        await self._rate_limited(resp, body, credential)
+                        continue
+                    if resp.status >= 400:
+                        reason = body.get("message", resp.reason) if isinstance(body, dict) else resp.reason
+                        raise RestError(f"Discord answered {method} with HTTP {resp.status}: {reason}", status=resp.status)
+                    return body if isinstance(body, dict) else {}
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise RestError(f"Discord could not be reached ({type(exc).__name__})", status=None) from None
+        raise RestError("Discord kept rate-limiting the request", status=429)
+
+    async def _rate_limited(self, resp: aiohttp.ClientResponse, body: Any, credential: Credential) -> None:
+        # Discord puts the wait (in seconds, fractional) in the body; Retry-After is the fallback.
+        wait = body.get("retry_after") if isinstance(body, dict) else None
+        if not isinstance(wait, int | float):
+            wait = float(resp.headers.get("Retry-After", "1"))
+        if wait > MAX_RATE_LIMIT_WAIT:
+            raise RestError(f"Discord rate-limited {credential.label} for {wait:.0f}s", status=429)
+        log.info("rate-limited on %s for %.2fs", credential.label, wait)
+        await asyncio.sleep(wait)
+
+    async def post_message(self, channel_id: int, payload: MessageCreate, credential: Credential) -> int:
+        created = await self.request("POST", f"/channels/{channel_id}/messages", credential, json=payload)
+        return int(created["id"])
+
+    async def gateway_url(self, credential: Credential) -> str:
+        data = await self.request("GET", "/gateway/bot", credential)
+        return str(data["url"])

@@ -1,0 +1,55 @@
+"""Hands each Coze message to the request waiting for it; everything else is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.detector import ReplySnapshot
+from bot.listener import CozeMessage
+
+
+class Inbox:
+    """The Coze messages of one request, in arrival order."""
+
+    __slots__ = ("channel_id", "prompt_ids", "queue")
+
+    def __init__(self, channel_id: int) -> None:
+        self.channel_id = channel_id
+        self.prompt_ids: set[int] = set()
+        self.queue: asyncio.Queue[ReplySnapshot] = asyncio.Queue()
+
+
+class ReplyRouter:
+    def __init__(self) -> None:
+        self._by_channel: dict[int, Inbox] = {}
+        self._by_prompt: dict[int, Inbox] = {}
+
+    def open(self, channel_id: int) -> Inbox:
+        """Start collecting; call before the prompt is posted, as Coze may answer first."""
+        inbox = Inbox(channel_id)
+        self._by_channel[channel_id] = inbox
+        return inbox
+
+    def add_prompt(self, inbox: Inbox, message_id: int) -> None:
+        inbox.prompt_ids.add(message_id)
+        self._by_prompt[message_id] = inbox
+
+    def close(self, inbox: Inbox) -> None:
+        if self._by_channel.get(inbox.channel_id) is inbox:
+            del self._by_channel[inbox.channel_id]
+        for prompt_id in inbox.prompt_ids:
+            self._by_prompt.pop(prompt_id, None)
+
+    def deliver(self, message: CozeMessage) -> None:
+        # Coze replies inline to the prompt; its continuation messages may not carry the
+        # reference, so the request's thread is the fallback.
+        inbox = None
+        if message.reference_id is not None:
+            inbox = self._by_prompt.get(message.reference_id)
+        if inbox is None:
+            inbox = self._by_channel.get(message.channel_id)
+        if inbox is not None:
+            inbox.queue.put_nowait(message.snapshot)
+
+    def __len__(self) -> int:
+        return len(self._by_channel)

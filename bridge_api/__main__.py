@@ -1,0 +1,3 @@
+from bridge_api.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""`coze-bridge`: run the bridge against Discord, or against the built-in simulated Discord."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bot.backend import StartupError
+from bridge_api.app import make_app
+from bridge_api.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("coze_bridge")
+
+EXIT_CONFIG = 2
+EXIT_STARTUP = 1
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="coze-bridge", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML settings file (BRIDGE_* variables override it)")
+    parser.add_argument(
+        "--demo", action="store_true", help="serve answers from a built-in simulated Discord (no token needed)"
+    )
+    parser.add_argument("--host", help="listen address (overrides api.host)")
+    parser.add_argument("--port", type=int, help="listen port (overrides api.port)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api: dict[str, Any] = {}
+    if args.host is not None:
+        api["host"] = args.host
+    if args.port is not None:
+        api["port"] = args.port
+    if not args.demo and args.config is None:
+        print("coze-bridge: give --config FILE (see config.example.toml) or --demo", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(_run(args.config, api, demo=args.demo))
+    except ConfigError as exc:
+        print(f"coze-bridge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupError as exc:
+        print(f"coze-bridge: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+
+
+async def _run(config: Path | None, api: dict[str, Any], *, demo: bool) -> int:
+    if not demo:
+        await serve(load_settings(config, api=api))
+        return 0
+    from simdiscord import SimulatedDiscord  # the simulation is only loaded for the demo
+
+    async with SimulatedDiscord(pace=1.0) as sim:
+        discord_settings = {
+            "bot_token": sim.bot_token,
+            "guild_id": sim.guild_id,
+            "coze_bot_id": sim.coze_bot_id,
+            "channel_id": sim.channel_id,
+            "user_tokens": list(sim.user_tokens),
+            "api_base": sim.api_base,
+        }
+        settings = load_settings(config, discord=discord_settings, api=api)
+        await serve(settings, demo=True)
+    return 0
+
+
+async def serve(settings: Settings, *, demo: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    async with _running(settings) as port:
+        _print_banner(settings, port, demo=demo)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+        log.info("shutting down")
+
+
+@contextlib.asynccontextmanager
+async def _running(settings: Settings) -> AsyncIterator[int]:
+    app = make_app(settings, settings.api.port)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.api.host, settings.api.port)
+        await site.start()
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+def _print_banner(settings: Settings, port: int, *, demo: bool) -> None:
+    host = settings.api.host if settings.api.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    base = f"http://{host}:{port}/v1"
+    auth = ' -H "Authorization: Bearer $KEY"' if settings.api.keys else ""
+    lines = [
+        f"coze-discord-bridge is serving an OpenAI-compatible API at {base}"
+        + (" (demo: simulated Discord)" if demo else ""),
+        "try:",
+        f"  curl -N {base}/chat/completions -H 'Content-Type: application/json'{auth} \\",
+        """    -d '{"model": "coze", "stream": true, "messages": [{"role": "user", "content": "Hello!"}]}'""",
+    ]
+    print("\n".join(lines), flush=True)
