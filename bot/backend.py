@@ -15,7 +15,6 @@ import yarl
 from bot.config import DEFAULT_MODEL, CompletionSettings, DiscordSettings
 from bot.detector import CompletionDetector, NoReply
 from bot.interface import (
-    Backend,
     BridgeState,
     Finished,
     Idle,
@@ -71,6 +70,10 @@ class DiscordBackend:
     @property
     def open_replies(self) -> int:
         return len(self._router)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait for the gateway's first READY (for start-up banners and tests)."""
+        await asyncio.wait_for(self._client.wait_until_ready(), timeout)
 
     async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncIterator[ReplyEvent]:
         if self.state is not BridgeState.READY:
@@ -159,7 +162,9 @@ def _point_discordpy_at(api_base: str, gateway_url: str) -> None:
 
 
 @asynccontextmanager
-async def open_backend(discord_settings: DiscordSettings, completion: CompletionSettings) -> AsyncIterator[Backend]:
+async def open_backend(
+    discord_settings: DiscordSettings, completion: CompletionSettings
+) -> AsyncIterator[DiscordBackend]:
     """Log in to Discord, start the gateway, yield the backend; close everything on exit."""
     bot = Credential(discord_settings.bot_token.get_secret_value(), is_bot=True, label="listener bot")
     senders = [
