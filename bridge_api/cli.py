@@ -44,13 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         api["host"] = args.host
     if args.port is not None:
         api["port"] = args.port
-    if not args.demo and args.config is None:
-        print("coze-bridge: give --config FILE (see config.example.toml) or --demo", file=sys.stderr)
-        return EXIT_CONFIG
     try:
         return asyncio.run(_run(args.config, api, demo=args.demo))
     except ConfigError as exc:
-        print(f"coze-bridge: {exc}", file=sys.stderr)
+        hint = "" if args.config or args.demo else " (give --config FILE, BRIDGE_* variables, or --demo)"
+        print(f"coze-bridge: {exc}{hint}", file=sys.stderr)
         return EXIT_CONFIG
     except StartupError as exc:
         print(f"coze-bridge: {exc}", file=sys.stderr)

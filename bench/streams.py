@@ -1,0 +1,241 @@
+"""Concurrent streams through the simulated Discord: the bridge against a bare relay.
+
+    python -m bench.streams --streams 1,50,200 [--target both] [--edits 12] [--step 0.25]
+
+This process runs the simulated Discord and the HTTP clients; the target (the bridge, or the
+bare relay of bench/bare_relay.py) runs in a child process, so its CPU time and RSS are its own.
+Each Coze reply starts with a nonce; the simulation notes when it sends every edit, and a client
+notes when the matching SSE bytes arrive: the difference is the latency added per delta.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import psutil
+
+from simdiscord import PromptInfo, ReplyPlan, SimulatedDiscord
+
+NONCE_CHARS = 10
+
+
+@dataclass
+class Round:
+    target: str
+    streams: int
+    requests: int = 0
+    failures: int = 0
+    latencies: list[float] = field(default_factory=list)
+    wall: float = 0.0
+    cpu: float = 0.0
+    peak_rss: int = 0
+
+    def row(self) -> dict[str, Any]:
+        lat = sorted(self.latencies) or [float("nan")]
+        return {
+            "target": self.target,
+            "streams": self.streams,
+            "requests": self.requests,
+            "failures": self.failures,
+            "deltas": len(self.latencies),
+            "p50_ms": round(lat[len(lat) // 2] * 1000, 2),
+            "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 2),
+            "mean_ms": round(statistics.fmean(lat) * 1000, 2),
+            "rps": round(self.requests / self.wall, 1) if self.wall else 0.0,
+            "cpu_ms_per_request": round(self.cpu / max(self.requests, 1) * 1000, 2),
+            "peak_rss_mb": round(self.peak_rss / 2**20, 1),
+        }
+
+
+class SendLog:
+    """When the simulation sent each (reply nonce, text length)."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, dict[int, float]] = {}
+
+    def record(self, content: str) -> None:
+        self.sent.setdefault(content[:NONCE_CHARS], {})[len(content)] = time.perf_counter()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_script(edits: int, step: float) -> Any:
+    def script(prompt: PromptInfo) -> ReplyPlan:
+        nonce = prompt.content.strip().split()[-1][:NONCE_CHARS]
+        body = nonce + " " + " ".join(f"word{i:03d}" for i in range(edits * 2))
+        chunk = max(1, len(body) // edits + 1)
+        return ReplyPlan(text=body, chunk_chars=chunk, step_delay=step, first_delay=step, suggestions=["more"])
+
+    return script
+
+
+async def start_target(kind: str, sim: SimulatedDiscord, port: int) -> asyncio.subprocess.Process:
+    if kind == "relay":
+        args = [
+            "-m", "bench.bare_relay", "--api-base", sim.api_base, "--bot-token", sim.bot_token,
+            "--user-token", sim.user_tokens[0], "--channel-id", str(sim.channel_id),
+            "--coze-bot-id", str(sim.coze_bot_id), "--port", str(port),
+        ]  # fmt: skip
+        env = dict(os.environ)
+    else:
+        args = ["-m", "bridge_api", "--log-level", "WARNING"]
+        env = dict(os.environ) | {
+            "BRIDGE_DISCORD__BOT_TOKEN": sim.bot_token,
+            "BRIDGE_DISCORD__GUILD_ID": str(sim.guild_id),
+            "BRIDGE_DISCORD__COZE_BOT_ID": str(sim.coze_bot_id),
+            "BRIDGE_DISCORD__CHANNEL_ID": str(sim.channel_id),
+            "BRIDGE_DISCORD__USER_TOKENS": json.dumps(list(sim.user_tokens)),
+            "BRIDGE_DISCORD__API_BASE": sim.api_base,
+            "BRIDGE_API__PORT": str(port),
+            "BRIDGE_COMPLETION__QUIET_SECONDS": "5",
+        }
+    return await asyncio.create_subprocess_exec(sys.executable, *args, env=env, stdout=asyncio.subprocess.DEVNULL)
+
+
+async def wait_serving(http: aiohttp.ClientSession, url: str, path: str, timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                async with http.get(url + path) as resp:
+                    if resp.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)  # polling a child process that has no other signal
+
+
+async def one_stream(http: aiohttp.ClientSession, url: str, nonce: str, log: SendLog, result: Round) -> None:
+    body = {"model": "coze", "stream": True, "messages": [{"role": "user", "content": f"bench {nonce}"}]}
+    received = 0
+    got_done = False
+    try:
+        async with http.post(url + "/v1/chat/completions", json=body) as resp:
+            async for line in resp.content:
+                now = time.perf_counter()
+                if not line.startswith(b"data: "):
+                    continue
+                if line.startswith(b"data: [DONE]"):
+                    got_done = True
+                    break
+                chunk = json.loads(line[6:])
+                choices = chunk.get("choices") or [{}]
+                text = choices[0].get("delta", {}).get("content")
+                if text:
+                    received += len(text)
+                    sent_at = log.sent.get(nonce, {}).get(received)
+                    if sent_at is not None:
+                        result.latencies.append(now - sent_at)
+    except aiohttp.ClientError:
+        pass
+    result.requests += 1
+    if not got_done or received == 0:
+        result.failures += 1
+
+
+async def sample_rss(proc: psutil.Process, result: Round, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        result.peak_rss = max(result.peak_rss, proc.memory_info().rss)
+        try:
+            await asyncio.wait_for(stop.wait(), 0.05)
+        except TimeoutError:
+            pass
+
+
+async def run_round(kind: str, streams: int, repeats: int, edits: int, step: float) -> Round:
+    result = Round(target=kind, streams=streams)
+    log = SendLog()
+    async with SimulatedDiscord() as sim:
+        sim.script = bench_script(edits, step)
+        sim.on_send = log.record
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = await start_target(kind, sim, port)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as http:
+            try:
+                await wait_serving(http, url, "/readyz" if kind == "bridge" else "/")
+                if kind == "bridge":
+                    while True:
+                        async with http.get(url + "/readyz") as resp:
+                            if resp.status == 200:
+                                break
+                        await asyncio.sleep(0.1)  # polling a child process that has no other signal
+                ps = psutil.Process(proc.pid)
+                stop = asyncio.Event()
+                sampler = asyncio.create_task(sample_rss(ps, result, stop))
+                cpu0 = sum(ps.cpu_times()[:2])
+                t0 = time.perf_counter()
+
+                async def worker(w: int) -> None:
+                    for r in range(repeats):
+                        await one_stream(http, url, f"n{w:04d}r{r:03d}"[:NONCE_CHARS], log, result)
+
+                await asyncio.gather(*(worker(w) for w in range(streams)))
+                result.wall = time.perf_counter() - t0
+                result.cpu = sum(ps.cpu_times()[:2]) - cpu0
+                stop.set()
+                await sampler
+            finally:
+                proc.terminate()
+                await proc.wait()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", default="1,50,200", help="comma list of concurrent stream counts")
+    parser.add_argument("--target", choices=["bridge", "relay", "both"], default="both")
+    parser.add_argument("--repeats", type=int, default=3, help="requests per concurrent stream")
+    parser.add_argument("--edits", type=int, default=12, help="Coze edits per reply")
+    parser.add_argument("--step", type=float, default=0.25, help="seconds between Coze edits")
+    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    args = parser.parse_args()
+    targets = ["relay", "bridge"] if args.target == "both" else [args.target]
+    rows = []
+    for streams in (int(n) for n in args.streams.split(",")):
+        for target in targets:
+            row = asyncio.run(run_round(target, streams, args.repeats, args.edits, args.step)).row()
+            rows.append(row)
+            print(json.dumps(row) if args.json else _format(row), flush=True)
+    if args.target == "both" and not args.json:
+        _print_ratios(rows)
+
+
+def _format(row: dict[str, Any]) -> str:
+    return (
+        f"{row['target']:>6} streams={row['streams']:<5} requests={row['requests']:<5} "
+        f"failures={row['failures']:<3} delta latency p50={row['p50_ms']}ms p99={row['p99_ms']}ms "
+        f"rps={row['rps']} cpu/request={row['cpu_ms_per_request']}ms peak_rss={row['peak_rss_mb']}MB"
+    )
+
+
+def _print_ratios(rows: list[dict[str, Any]]) -> None:
+    print("\nbridge / bare relay (bar: latency <= 1.5x, CPU per request <= 2x)")
+    by_key = {(r["target"], r["streams"]): r for r in rows}
+    for (target, streams), bridge in by_key.items():
+        relay = by_key.get(("relay", streams))
+        if target != "bridge" or relay is None:
+            continue
+        print(
+            f"  streams={streams:<5} p50 x{bridge['p50_ms'] / relay['p50_ms']:.2f} "
+            f"p99 x{bridge['p99_ms'] / relay['p99_ms']:.2f} "
+            f"cpu/request x{bridge['cpu_ms_per_request'] / relay['cpu_ms_per_request']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
