@@ -112,7 +112,9 @@ class Relay:
                         "object": "chat.completion.chunk",
                         "created": created,
                         "model": "coze",
-                        "choices": [{"index": 0, "delta": {"content": content[sent:]}, "finish_reason": None}],
+                        "choices": [
+                            {"index": 0, "delta": {"content": content[sent:]}, "finish_reason": None}
+                        ],
                     }
                     sent = len(content)
                     await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -78,7 +79,9 @@ def bench_script(edits: int, step: float) -> Any:
         nonce = prompt.content.strip().split()[-1][:NONCE_CHARS]
         body = nonce + " " + " ".join(f"word{i:03d}" for i in range(edits * 2))
         chunk = max(1, len(body) // edits + 1)
-        return ReplyPlan(text=body, chunk_chars=chunk, step_delay=step, first_delay=step, suggestions=["more"])
+        return ReplyPlan(
+            text=body, chunk_chars=chunk, step_delay=step, first_delay=step, suggestions=["more"]
+        )
 
     return script
 
@@ -103,11 +106,13 @@ async def start_target(kind: str, sim: SimulatedDiscord, port: int) -> asyncio.s
             "BRIDGE_API__PORT": str(port),
             "BRIDGE_COMPLETION__QUIET_SECONDS": "5",
         }
-    return await asyncio.create_subprocess_exec(sys.executable, *args, env=env, stdout=asyncio.subprocess.DEVNULL)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *args, env=env, stdout=asyncio.subprocess.DEVNULL
+    )
 
 
-async def wait_serving(http: aiohttp.ClientSession, url: str, path: str, timeout: float = 20) -> None:
-    async with asyncio.timeout(timeout):
+async def wait_serving(http: aiohttp.ClientSession, url: str, path: str) -> None:
+    async with asyncio.timeout(20):
         while True:
             try:
                 async with http.get(url + path) as resp:
@@ -149,10 +154,8 @@ async def one_stream(http: aiohttp.ClientSession, url: str, nonce: str, log: Sen
 async def sample_rss(proc: psutil.Process, result: Round, stop: asyncio.Event) -> None:
     while not stop.is_set():
         result.peak_rss = max(result.peak_rss, proc.memory_info().rss)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
-        except TimeoutError:
-            pass
 
 
 async def run_round(kind: str, streams: int, repeats: int, edits: int, step: float) -> Round:
@@ -165,7 +168,9 @@ async def run_round(kind: str, streams: int, repeats: int, edits: int, step: flo
         url = f"http://127.0.0.1:{port}"
         proc = await start_target(kind, sim, port)
         connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as http:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=120)
+        ) as http:
             try:
                 await wait_serving(http, url, "/readyz" if kind == "bridge" else "/")
                 if kind == "bridge":
@@ -196,7 +201,9 @@ async def run_round(kind: str, streams: int, repeats: int, edits: int, step: flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--streams", default="1,50,200", help="comma list of concurrent stream counts")
     parser.add_argument("--target", choices=["bridge", "relay", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=3, help="requests per concurrent stream")

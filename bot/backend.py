@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -26,7 +26,7 @@ from bot.interface import (
 )
 from bot.listener import Listener
 from bot.prompt import render_prompt, split_prompt
-from bot.rest import Credential, DiscordRest, RestError
+from bot.rest import AllowedMentions, Credential, DiscordRest, RestError
 from bot.router import Inbox, ReplyRouter
 from bot.tasks import TaskSet
 
@@ -71,11 +71,11 @@ class DiscordBackend:
     def open_replies(self) -> int:
         return len(self._router)
 
-    async def wait_ready(self, timeout: float) -> None:
+    async def wait_ready(self) -> None:
         """Wait for the gateway's first READY (for start-up banners and tests)."""
-        await asyncio.wait_for(self._client.wait_until_ready(), timeout)
+        await self._client.wait_until_ready()
 
-    async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncIterator[ReplyEvent]:
+    async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
         if self.state is not BridgeState.READY:
             raise NotReady(f"the Discord gateway is {self.state.value}", retry_after=5)
         thread_id = await self._open_thread(request)
@@ -103,7 +103,7 @@ class DiscordBackend:
         chunks = split_prompt(render_prompt(request.turns), self._mention)
         sender = next(self._senders)
         # Only the Coze bot may be pinged, whatever the prompt text contains.
-        mentions = {"parse": [], "users": [str(self._settings.coze_bot_id)]}
+        mentions: AllowedMentions = {"parse": [], "users": [str(self._settings.coze_bot_id)]}
         for chunk in chunks:
             try:
                 message_id = await self._rest.post_message(
@@ -195,7 +195,9 @@ async def open_backend(
                 _point_discordpy_at(discord_settings.api_base, await rest.gateway_url(bot))
                 await client.login(discord_settings.bot_token.get_secret_value())
             except (RestError, discord.LoginFailure) as exc:
-                raise StartupError(f"cannot log in to Discord at {discord_settings.api_base}: {exc}") from None
+                raise StartupError(
+                    f"cannot log in to Discord at {discord_settings.api_base}: {exc}"
+                ) from None
             tasks.spawn(_run_gateway(client), name="discord-gateway")
             yield backend
         finally:

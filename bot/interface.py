@@ -7,7 +7,7 @@ Discord and `bot.mock.MockBackend` implements it in memory for tests.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -93,7 +93,7 @@ class Backend(Protocol):
     @property
     def models(self) -> Sequence[str]: ...
 
-    def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncIterator[ReplyEvent]:
+    def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
         """Post the prompt and yield the reply: deltas, `Idle`s, then exactly one `Finished`.
 
         Raises `BridgeError` instead of finishing. Closing the iterator early releases

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from bot.interface import BridgeState, PromptRequest, ReplyEvent
 
@@ -24,7 +24,7 @@ class MockBackend:
         self.models = tuple(models)
         self.requests: list[PromptRequest] = []
 
-    async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncIterator[ReplyEvent]:
+    async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
         self.requests.append(request)
         async for event in self.handler(request):
             yield event

@@ -8,7 +8,13 @@ from bot.interface import ChatTurn
 
 DISCORD_MESSAGE_LIMIT = 2000
 
-ROLE_LABELS = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+ROLE_LABELS = {
+    "system": "System",
+    "developer": "System",
+    "user": "User",
+    "assistant": "Assistant",
+    "tool": "Tool",
+}
 
 
 def render_prompt(turns: Sequence[ChatTurn]) -> str:

@@ -71,7 +71,9 @@ class DiscordRest:
                         continue
                     if resp.status >= 400:
                         reason = body.get("message", resp.reason) if isinstance(body, dict) else resp.reason
-                        raise RestError(f"Discord answered {method} with HTTP {resp.status}: {reason}", status=resp.status)
+                        raise RestError(
+                            f"Discord answered {method} with HTTP {resp.status}: {reason}", status=resp.status
+                        )
                     return body if isinstance(body, dict) else {}
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 raise RestError(f"Discord could not be reached ({type(exc).__name__})", status=None) from None

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.backend import StartupError
-from bridge_api.app import make_app
+from bridge_api.app import make_app, make_runner
 from bridge_api.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("coze_bridge")
@@ -28,7 +28,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="coze-bridge", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML settings file (BRIDGE_* variables override it)")
     parser.add_argument(
-        "--demo", action="store_true", help="serve answers from a built-in simulated Discord (no token needed)"
+        "--demo",
+        action="store_true",
+        help="serve answers from a built-in simulated Discord (no token needed)",
     )
     parser.add_argument("--host", help="listen address (overrides api.host)")
     parser.add_argument("--port", type=int, help="listen port (overrides api.port)")
@@ -94,7 +96,7 @@ async def serve(settings: Settings, *, demo: bool = False) -> None:
 @contextlib.asynccontextmanager
 async def _running(settings: Settings) -> AsyncIterator[int]:
     app = make_app(settings, settings.api.port)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = make_runner(app)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.api.host, settings.api.port)

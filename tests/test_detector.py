@@ -12,7 +12,9 @@ QUIET, FIRST, MAX = 4.0, 60.0, 300.0
 
 
 def detector() -> CompletionDetector:
-    return CompletionDetector(started_at=0.0, quiet_seconds=QUIET, first_reply_timeout=FIRST, max_reply_seconds=MAX)
+    return CompletionDetector(
+        started_at=0.0, quiet_seconds=QUIET, first_reply_timeout=FIRST, max_reply_seconds=MAX
+    )
 
 
 def deltas(steps: list[Step]) -> str:
@@ -25,7 +27,8 @@ def test_streams_appended_text_and_ends_on_buttons() -> None:
     steps += d.feed(ReplySnapshot(1, "Hello world", ("More?", "Why?")), 2.0)
     assert [s.text for s in steps if isinstance(s, TextDelta)] == ["Hel", "lo wor", "ld"]
     assert steps[-1] == Finished("stop", "Hello world", ("More?", "Why?"))
-    assert d.done and d.deadline is None
+    assert d.done
+    assert d.deadline is None
 
 
 def test_marker_with_unchanged_text_adds_no_delta() -> None:
@@ -66,7 +69,9 @@ def test_no_sign_of_life_is_no_reply() -> None:
 
 
 def test_max_reply_seconds_cuts_with_length() -> None:
-    d = CompletionDetector(started_at=0.0, quiet_seconds=QUIET, first_reply_timeout=FIRST, max_reply_seconds=10)
+    d = CompletionDetector(
+        started_at=0.0, quiet_seconds=QUIET, first_reply_timeout=FIRST, max_reply_seconds=10
+    )
     for t in range(1, 11):
         d.feed(ReplySnapshot(1, "x" * t), float(t) - 0.5)
     assert d.deadline == 10.0
@@ -74,7 +79,9 @@ def test_max_reply_seconds_cuts_with_length() -> None:
 
 
 def test_empty_reply_cut_by_max_is_no_reply() -> None:
-    d = CompletionDetector(started_at=0.0, quiet_seconds=QUIET, first_reply_timeout=FIRST, max_reply_seconds=10)
+    d = CompletionDetector(
+        started_at=0.0, quiet_seconds=QUIET, first_reply_timeout=FIRST, max_reply_seconds=10
+    )
     d.feed(ReplySnapshot(1, ""), 1.0)
     assert d.tick(10.0) == [NoReply()]
 
@@ -128,7 +135,9 @@ events = st.lists(
 )
 
 
-def run(sequence: list[tuple[str, float, int, str, tuple[str, ...] | None]]) -> tuple[CompletionDetector, list[Step]]:
+def run(
+    sequence: list[tuple[str, float, int, str, tuple[str, ...] | None]],
+) -> tuple[CompletionDetector, list[Step]]:
     d = CompletionDetector(started_at=0.0, quiet_seconds=2.0, first_reply_timeout=5.0, max_reply_seconds=60.0)
     now = 0.0
     steps: list[Step] = []
@@ -155,7 +164,8 @@ def test_every_sequence_ends_exactly_once_without_leaking_suggestions(
     d, steps = run(sequence)
     assert d.done
     terminal = [s for s in steps if isinstance(s, Finished | NoReply)]
-    assert len(terminal) == 1 and steps[-1] is terminal[0]
+    assert len(terminal) == 1
+    assert steps[-1] is terminal[0]
     streamed = deltas(steps)
     assert not set("XYZ") & set(streamed)
     if isinstance(terminal[0], Finished):

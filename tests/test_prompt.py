@@ -63,5 +63,5 @@ def test_chunks_fit_keep_the_text_and_mention_only_the_last(text: str, limit: in
     assert all(chunk.strip() for chunk in chunks)
     assert all(MENTION not in chunk for chunk in chunks[:-1])
     assert chunks[-1].startswith(MENTION)
-    rebuilt = " ".join(chunks[:-1] + [chunks[-1].removeprefix(MENTION)])
+    rebuilt = " ".join([*chunks[:-1], chunks[-1].removeprefix(MENTION)])
     assert rebuilt.split() == text.split()

@@ -1,0 +1,57 @@
+"""Building the aiohttp application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from bot.backend import open_backend
+from bot.interface import Backend
+from bridge_api.chat import chat_completions
+from bridge_api.info import get_model, healthz, list_models, readyz
+from bridge_api.keys import BACKEND, SETTINGS
+from bridge_api.middleware import add_common_headers, bridge_middleware
+from bridge_api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def make_app(settings: Settings, port: int, *, backend: Backend | None = None) -> web.Application:
+    """The bridge's HTTP app. Without `backend`, it connects to Discord on startup."""
+    app = web.Application(client_max_size=settings.api.max_body_bytes, middlewares=[bridge_middleware])
+    app[SETTINGS] = settings
+    app.on_response_prepare.append(add_common_headers)
+    app.cleanup_ctx.append(_backend_context(settings, port, backend))
+    # Some providers' clients call the routes without the /v1 prefix.
+    for prefix in ("/v1", ""):
+        app.router.add_post(f"{prefix}/chat/completions", chat_completions)
+        app.router.add_get(f"{prefix}/models", list_models)
+        app.router.add_get(f"{prefix}/models/{{model_id}}", get_model)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+def _backend_context(
+    settings: Settings, port: int, given: Backend | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        if given is not None:
+            app[BACKEND] = given
+            yield
+            return
+        async with open_backend(settings.discord, settings.completion) as backend:
+            app[BACKEND] = backend
+            log.info("bridge API on port %d, Discord at %s", port, settings.discord.api_base)
+            yield
+
+    return context
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The one way to serve the app (CLI, tests, benchmarks)."""
+    # handler_cancellation: when a client goes away mid-stream, aiohttp cancels the handler,
+    # which closes the backend iterator and releases the request's waiter at once.
+    return web.AppRunner(app, handler_cancellation=True, handle_signals=False, access_log=None)

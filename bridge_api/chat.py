@@ -1,0 +1,115 @@
+"""POST /v1/chat/completions: one path for streamed and plain answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from contextlib import aclosing
+
+from aiohttp import web
+
+from bot.interface import Backend, BridgeError, BridgeState, Finished, Idle, PromptRequest, TextDelta
+from bridge_api.chunks import DONE, PING, ChunkStream, completion_body, usage
+from bridge_api.errors import APIError, server_error
+from bridge_api.keys import BACKEND, IN_BAND_ERROR, REQUEST_ID, SETTINGS
+from bridge_api.schemas import ChatRequest, parse_chat_request
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    # nginx buffers responses unless told not to, which stalls streams behind it.
+    "X-Accel-Buffering": "no",
+}
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    chat = parse_chat_request(await _read_json(request))
+    backend = request.app[BACKEND]
+    if chat.model not in backend.models:
+        raise APIError(
+            404, f"The model '{chat.model}' does not exist.", code="model_not_found", param="model"
+        )
+    if backend.state is not BridgeState.READY:
+        # Checked before any header goes out, so the client gets a real status and can retry.
+        raise APIError(
+            503,
+            f"The Discord gateway is {backend.state.value}; retry shortly.",
+            code="gateway_not_ready",
+            headers={"Retry-After": "5"},
+        )
+    prompt = chat.prompt(request[REQUEST_ID])
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if chat.stream:
+        return await _stream(request, backend, chat, prompt, ChunkStream(completion_id, created, chat.model))
+    finished = await _collect(backend, prompt)
+    counts = usage(_prompt_text(prompt), finished.content)
+    return web.json_response(completion_body(completion_id, created, chat.model, finished, counts))
+
+
+async def _read_json(request: web.Request) -> object:
+    raw = await request.read()  # aiohttp raises 413 past client_max_size
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+async def _collect(backend: Backend, prompt: PromptRequest) -> Finished:
+    heartbeat = 3600.0  # nobody to keep alive before the whole answer is there
+    try:
+        async with aclosing(backend.complete(prompt, heartbeat=heartbeat)) as events:
+            async for event in events:
+                if isinstance(event, Finished):
+                    return event
+    except BridgeError as exc:
+        raise APIError.from_bridge(exc) from None
+    raise APIError(502, "The Coze reply ended without finishing.", code="upstream_error")
+
+
+async def _stream(
+    request: web.Request, backend: Backend, chat: ChatRequest, prompt: PromptRequest, chunks: ChunkStream
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    # Headers go out at once: NextChat gives up on a stream with no headers after 60 s, and
+    # Coze can take longer than that to start.
+    await response.prepare(request)
+    await response.write(chunks.role())
+    heartbeat = request.app[SETTINGS].api.ping_seconds
+    error: APIError | None = None
+    try:
+        async with aclosing(backend.complete(prompt, heartbeat=heartbeat)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    await response.write(chunks.content(event.text))
+                elif isinstance(event, Idle):
+                    await response.write(PING)
+                else:
+                    await response.write(chunks.finish(event.reason))
+                    if chat.include_usage:
+                        await response.write(chunks.usage(usage(_prompt_text(prompt), event.content)))
+                    break
+            else:
+                error = APIError(502, "The Coze reply ended without finishing.", code="upstream_error")
+    except BridgeError as exc:
+        error = APIError.from_bridge(exc)
+    except (ConnectionError, OSError):
+        raise
+    except Exception:
+        log.exception("stream %s failed", request[REQUEST_ID])
+        error = server_error()
+    if error is not None:
+        # After the headers, the only way to report is in-band; the stream still ends cleanly.
+        request[IN_BAND_ERROR] = error.status
+        await response.write(b"data: " + json.dumps(error.body()).encode() + b"\n\n")
+    await response.write(DONE)
+    await response.write_eof()
+    return response
+
+
+def _prompt_text(prompt: PromptRequest) -> str:
+    return "".join(turn.content for turn in prompt.turns)

@@ -1,0 +1,78 @@
+"""OpenAI-shaped errors, and the mapping from bridge failures and HTTP statuses to them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from bot.interface import BridgeError, NotReady, ReplyTimeout, SendFailed
+
+TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
+         404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
+         429: "rate_limit_exceeded"}  # fmt: skip
+
+BRIDGE_STATUS: dict[type[BridgeError], int] = {NotReady: 503, SendFailed: 502, ReplyTimeout: 504}
+
+
+class APIError(Exception):
+    """An error answered as `{"error": {message, type, param, code}}` with its HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    @property
+    def type(self) -> str:
+        return TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> web.Response:
+        return web.Response(
+            status=self.status,
+            text=json.dumps(self.body()),
+            content_type="application/json",
+            headers=self.headers,
+        )
+
+    @classmethod
+    def from_bridge(cls, exc: BridgeError) -> APIError:
+        headers: dict[str, str] = {}
+        if exc.posted:
+            # The prompt already reached Discord: an SDK retry would post it a second time.
+            headers["x-should-retry"] = "false"
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return cls(BRIDGE_STATUS.get(type(exc), 502), exc.message, code=exc.code, headers=headers)
+
+    @classmethod
+    def from_http(cls, exc: web.HTTPException) -> APIError:
+        codes = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}
+        messages = {
+            404: "Unknown request URL. Try POST /v1/chat/completions or GET /v1/models.",
+            405: f"Method not allowed. Allowed: {exc.headers.get('Allow', 'see the docs')}.",
+            413: "Request body too large.",
+        }
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return cls(
+            exc.status, messages.get(exc.status, exc.reason), code=codes.get(exc.status), headers=headers
+        )
+
+
+def server_error() -> APIError:
+    return APIError(500, "The bridge failed unexpectedly; see its log.", code="server_error")

@@ -1,0 +1,103 @@
+"""Request ids, CORS, bearer keys, error mapping and the one log line per request."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from bridge_api.errors import APIError, server_error
+from bridge_api.keys import IN_BAND_ERROR, REQUEST_ID, SETTINGS
+
+log = logging.getLogger("coze_bridge.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+CORS_METHODS = "GET, POST, OPTIONS"
+
+
+@web.middleware
+async def bridge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID] = incoming if SANE_REQUEST_ID.fullmatch(incoming) else f"req_{uuid.uuid4().hex}"
+    started = time.perf_counter()
+    response: web.StreamResponse
+    try:
+        if _is_preflight(request):
+            response = web.Response(status=204)
+        else:
+            _check_key(request)
+            response = await handler(request)
+    except APIError as exc:
+        response = exc.response()
+    except web.HTTPException as exc:
+        response = APIError.from_http(exc).response()
+    except Exception:
+        log.exception("request %s failed", request[REQUEST_ID])
+        response = server_error().response()
+    status = request.get(IN_BAND_ERROR, response.status)
+    log.info(
+        "%s %s %s -> %s in %.3fs",
+        request[REQUEST_ID],
+        request.method,
+        request.path,
+        status,
+        time.perf_counter() - started,
+    )
+    return response
+
+
+async def add_common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: runs for every response, streams included, before headers go out."""
+    if REQUEST_ID in request:
+        response.headers["x-request-id"] = request[REQUEST_ID]
+    origin = _allowed_origin(request)
+    if origin is None:
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = "x-request-id, x-should-retry, retry-after"
+    if origin != "*":
+        response.headers["Vary"] = "Origin"
+    if _is_preflight(request):
+        response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+        # The openai SDK adds x-stainless-* headers: echo whatever the browser asks for.
+        if wanted := request.headers.get("Access-Control-Request-Headers"):
+            response.headers["Access-Control-Allow-Headers"] = wanted
+        response.headers["Access-Control-Max-Age"] = "600"
+
+
+def _is_preflight(request: web.Request) -> bool:
+    return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origins = request.app[SETTINGS].api.cors_origins
+    if "*" in origins:
+        return "*"
+    origin = request.headers.get("Origin")
+    return origin if origin in origins else None
+
+
+def _check_key(request: web.Request) -> None:
+    keys = request.app[SETTINGS].api.keys
+    if not keys or request.path in OPEN_PATHS:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    presented = given.strip().encode()
+    # Compare against every key, in constant time, so timing tells nothing about any of them.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key.get_secret_value().encode())
+    if scheme.lower() != "bearer" or not matched:
+        raise APIError(
+            401,
+            "Invalid or missing API key. Send it as 'Authorization: Bearer <key>'.",
+            code="invalid_api_key",
+        )
