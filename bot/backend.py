@@ -73,7 +73,7 @@ class DiscordBackend:
 
     async def wait_ready(self) -> None:
         """Wait for the gateway's first READY (for start-up banners and tests)."""
-        await self._client.wait_until_ready()
+        await self._client.ready.wait()
 
     async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
         if self.state is not BridgeState.READY:
@@ -179,7 +179,9 @@ async def open_backend(
         senders = [bot]
     tasks = TaskSet()
     router = ReplyRouter()
-    client = Listener(coze_bot_id=discord_settings.coze_bot_id, sink=router.deliver)
+    client = Listener(
+        guild_id=discord_settings.guild_id, coze_bot_id=discord_settings.coze_bot_id, sink=router.deliver
+    )
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         rest = DiscordRest(discord_settings.api_base, session)
         backend = DiscordBackend(
@@ -210,8 +212,8 @@ async def _run_gateway(client: Listener) -> None:
     try:
         await client.connect(reconnect=True)
     except discord.PrivilegedIntentsRequired:
-        client.bridge_state = BridgeState.DEGRADED
+        client.set_state(BridgeState.DEGRADED)
         log.error("enable the Message Content intent for the listening bot in the Discord developer portal")
     except (discord.GatewayNotFound, discord.ConnectionClosed) as exc:
-        client.bridge_state = BridgeState.DEGRADED
+        client.set_state(BridgeState.DEGRADED)
         log.error("the Discord gateway connection ended: %s", exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ def intents() -> discord.Intents:
 
 
 class Listener(discord.Client):
-    def __init__(self, *, coze_bot_id: int, sink: Callable[[CozeMessage], None]) -> None:
+    def __init__(self, *, guild_id: int, coze_bot_id: int, sink: Callable[[CozeMessage], None]) -> None:
         super().__init__(
             intents=intents(),
             # The message cache would copy every streamed edit; we follow raw events instead.
@@ -61,8 +62,10 @@ class Listener(discord.Client):
             chunk_guilds_at_startup=False,
             member_cache_flags=discord.MemberCacheFlags.none(),
         )
+        self.guild_id = guild_id
         self.coze_bot_id = coze_bot_id
         self.bridge_state = BridgeState.CONNECTING
+        self.ready = asyncio.Event()
         self._sink = sink
         self._warned_empty = False
 
@@ -73,16 +76,23 @@ class Listener(discord.Client):
             self._coze_event(args[0])
         elif event == "raw_message_edit":
             self._coze_event(args[0].message)
+        elif event in ("guild_available", "guild_join") and args[0].id == self.guild_id:
+            # on_ready comes ~2 s after the last GUILD_CREATE; our own guild is all we need.
+            self.set_state(BridgeState.READY)
         elif event in ("ready", "resumed"):
-            self._set_state(BridgeState.READY)
+            self.set_state(BridgeState.READY)
         elif event == "disconnect" and self.bridge_state is BridgeState.READY:
-            self._set_state(BridgeState.DEGRADED)
+            self.set_state(BridgeState.DEGRADED)
         super().dispatch(event, *args, **kwargs)
 
-    def _set_state(self, state: BridgeState) -> None:
+    def set_state(self, state: BridgeState) -> None:
         if state is not self.bridge_state:
             log.info("gateway state: %s -> %s", self.bridge_state.value, state.value)
             self.bridge_state = state
+        if state is BridgeState.READY:
+            self.ready.set()
+        else:
+            self.ready.clear()
 
     def _coze_event(self, message: discord.Message) -> None:
         if message.author.id != self.coze_bot_id:

@@ -1,0 +1,179 @@
+"""The REST side of the simulated Discord (the few routes the bridge and discord.py use)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from simdiscord import payloads
+from simdiscord.world import Account, Message, World
+
+MESSAGE_LIMIT = 2000
+USER_MENTION = re.compile(r"<@!?(\d+)>")
+ACCOUNT = web.RequestKey("account", Account)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # discord.py parses a body as JSON only when Content-Type is exactly application/json;
+    # aiohttp's json_response appends "; charset=utf-8".
+    return web.Response(
+        body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+
+
+def error(status: int, message: str, code: int = 0) -> web.Response:
+    return reply({"message": message, "code": code}, status)
+
+
+@dataclass
+class Fault:
+    status: int
+    retry_after: float | None = None
+
+
+class Rest:
+    def __init__(
+        self,
+        world: World,
+        *,
+        gateway_url: Callable[[], str],
+        on_message: Callable[[Message], Awaitable[None]],
+        on_channel: Callable[[str, int], Awaitable[None]],
+    ) -> None:
+        self.world = world
+        self._gateway_url = gateway_url
+        self._on_message = on_message
+        self._on_channel = on_channel
+        self.faults: dict[str, list[Fault]] = {}
+
+    def routes(self, app: web.Application) -> None:
+        for version in ("v9", "v10"):
+            base = f"/api/{version}"
+            app.router.add_get(f"{base}/gateway", self.gateway)
+            app.router.add_get(f"{base}/gateway/bot", self.gateway)
+            app.router.add_get(f"{base}/users/@me", self.me)
+            app.router.add_get(f"{base}/oauth2/applications/@me", self.application)
+            app.router.add_get(f"{base}/channels/{{channel_id}}", self.get_channel)
+            app.router.add_patch(f"{base}/channels/{{channel_id}}", self.patch_channel)
+            app.router.add_post(f"{base}/channels/{{channel_id}}/threads", self.create_thread)
+            app.router.add_post(f"{base}/channels/{{channel_id}}/messages", self.create_message)
+            app.router.add_get(f"{base}/channels/{{channel_id}}/messages", self.list_messages)
+            app.router.add_get(f"{base}/channels/{{channel_id}}/messages/{{message_id}}", self.get_message)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/api/"):
+            return await handler(request)
+        route = re.sub(r"^/api/v\d+", "", request.match_info.route.resource.canonical if request.match_info.route.resource else "")
+        if fault := self._take_fault(f"{request.method} {route}"):
+            if fault.status == 429:
+                # discord.py treats a 429 without a Via header as a Cloudflare ban.
+                body = {"message": "You are being rate limited.", "retry_after": fault.retry_after or 0.1, "global": False}
+                return reply(body, 429, {"Retry-After": str(fault.retry_after or 0.1), "Via": "1.1 google"})
+            return error(fault.status, "Simulated failure")
+        if not request.path.endswith("/gateway"):
+            account = self.world.authenticate(request.headers.get("Authorization", ""))
+            if account is None:
+                return error(401, "401: Unauthorized")
+            request[ACCOUNT] = account
+        return await handler(request)
+
+    def fail_next(self, method: str, route: str, status: int, *, times: int = 1, retry_after: float | None = None) -> None:
+        """Make the next `times` calls of e.g. ("POST", "/channels/{channel_id}/messages") fail."""
+        self.faults.setdefault(f"{method} {route}", []).extend([Fault(status, retry_after)] * times)
+
+    def _take_fault(self, key: str) -> Fault | None:
+        queue = self.faults.get(key)
+        return queue.pop(0) if queue else None
+
+    async def gateway(self, request: web.Request) -> web.Response:
+        limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
+        return reply({"url": self._gateway_url(), "shards": 1, "session_start_limit": limit})
+
+    async def me(self, request: web.Request) -> web.Response:
+        return reply(payloads.user(request[ACCOUNT]))
+
+    async def application(self, request: web.Request) -> web.Response:
+        return reply(payloads.application(self.world))
+
+    async def get_channel(self, request: web.Request) -> web.Response:
+        channel = self.world.channels.get(int(request.match_info["channel_id"]))
+        if channel is None:
+            return error(404, "Unknown Channel", 10003)
+        return reply(payloads.channel(self.world, channel))
+
+    async def patch_channel(self, request: web.Request) -> web.Response:
+        channel = self.world.channels.get(int(request.match_info["channel_id"]))
+        if channel is None:
+            return error(404, "Unknown Channel", 10003)
+        body = await request.json()
+        if "archived" in body and channel.type == 11:
+            channel.archived = bool(body["archived"])
+        await self._on_channel("THREAD_UPDATE", channel.id)
+        return reply(payloads.channel(self.world, channel))
+
+    async def create_thread(self, request: web.Request) -> web.Response:
+        parent = self.world.channels.get(int(request.match_info["channel_id"]))
+        if parent is None or parent.type != 0:
+            return error(404, "Unknown Channel", 10003)
+        body = await request.json()
+        name = str(body.get("name") or "").strip()
+        if not 1 <= len(name) <= 100:
+            return error(400, "Invalid Form Body: name", 50035)
+        thread = self.world.add_channel(name, type=11, parent_id=parent.id, owner_id=request[ACCOUNT].id)
+        await self._on_channel("THREAD_CREATE", thread.id)
+        return reply(payloads.channel(self.world, thread), 201)
+
+    async def create_message(self, request: web.Request) -> web.Response:
+        channel = self.world.channels.get(int(request.match_info["channel_id"]))
+        if channel is None:
+            return error(404, "Unknown Channel", 10003)
+        body = await request.json()
+        content = str(body.get("content") or "")
+        if not content.strip():
+            return error(400, "Cannot send an empty message", 50006)
+        if len(content) > MESSAGE_LIMIT:
+            return error(400, "Invalid Form Body: content must be 2000 or fewer in length.", 50035)
+        if channel.archived:
+            channel.archived = False  # posting in an archived (unlocked) thread reopens it
+        reference = (body.get("message_reference") or {}).get("message_id")
+        message = Message(
+            id=self.world.ids.next(),
+            channel_id=channel.id,
+            author=request[ACCOUNT],
+            content=content,
+            mentions=self._mentions(content, body.get("allowed_mentions")),
+            reference_id=int(reference) if reference else None,
+        )
+        self.world.add_message(message)
+        await self._on_message(message)
+        return reply(payloads.message(self.world, message))
+
+    def _mentions(self, content: str, allowed: dict[str, Any] | None) -> list[Account]:
+        mentioned = [self.world.accounts[int(i)] for i in USER_MENTION.findall(content) if int(i) in self.world.accounts]
+        if allowed is None or "users" in allowed.get("parse", []):
+            return mentioned
+        # allowed_mentions.users names the only users this message may ping.
+        permitted = {int(i) for i in allowed.get("users", [])}
+        return [account for account in mentioned if account.id in permitted]
+
+    async def get_message(self, request: web.Request) -> web.Response:
+        message = self.world.messages.get(int(request.match_info["message_id"]))
+        if message is None or message.channel_id != int(request.match_info["channel_id"]):
+            return error(404, "Unknown Message", 10008)
+        return reply(payloads.message(self.world, message))
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        channel_id = int(request.match_info["channel_id"])
+        limit = min(100, int(request.query.get("limit", "50")))
+        after = int(request.query.get("after", "0"))
+        found = [m for m in self.world.messages.values() if m.channel_id == channel_id and m.id > after]
+        found.sort(key=lambda m: m.id, reverse=True)
+        return reply([payloads.message(self.world, m) for m in found[:limit]])

@@ -1,0 +1,155 @@
+"""SimulatedDiscord: REST, gateway and a scripted Coze bot on one local aiohttp server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from simdiscord import payloads
+from simdiscord.coze import CozeBot, PromptInfo, Script, default_script
+from simdiscord.gateway import Gateway
+from simdiscord.rest import Rest
+from simdiscord.world import Message, World
+
+
+class SimulatedDiscord:
+    """A local Discord for tests, benchmarks and the demo; a real discord.py client connects to it.
+
+    `pace` scales the default script's delays (1.0 reads like a real Coze bot).
+    """
+
+    def __init__(self, *, pace: float = 0.05, coze_ignores_bots: bool = True) -> None:
+        self.world = World()
+        self.gateway = Gateway(self.world, lambda: self.gateway_url)
+        self.coze = CozeBot(self.world, self._emit_message, self._spawn)
+        self.coze.script = default_script(pace)
+        self.coze.ignores_bots = coze_ignores_bots
+        self.rest = Rest(
+            self.world, gateway_url=lambda: self.gateway_url, on_message=self._posted, on_channel=self._emit_channel
+        )
+        # Called with a Coze message's text whenever the gateway sends its create or edit (benchmarks).
+        self.on_send: Callable[[str], None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        app = web.Application(middlewares=[self.rest.middleware])
+        self.rest.routes(app)
+        app.router.add_get("/gateway", self.gateway.handle)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        self._host, self._port = host, self._runner.addresses[0][1]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.gateway.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> SimulatedDiscord:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # Where and who.
+    @property
+    def api_base(self) -> str:
+        return f"http://{self._host}:{self._port}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://{self._host}:{self._port}/gateway"
+
+    @property
+    def bot_token(self) -> str:
+        return self.world.listener.token
+
+    @property
+    def user_tokens(self) -> list[str]:
+        return [user.token for user in self.world.users]
+
+    @property
+    def guild_id(self) -> int:
+        return self.world.guild_id
+
+    @property
+    def channel_id(self) -> int:
+        return self.world.text_channel.id
+
+    @property
+    def coze_bot_id(self) -> int:
+        return self.world.coze.id
+
+    # What the Coze bot does.
+    @property
+    def script(self) -> Script:
+        return self.coze.script
+
+    @script.setter
+    def script(self, script: Script) -> None:
+        self.coze.script = script
+
+    @property
+    def coze_ignores_bots(self) -> bool:
+        return self.coze.ignores_bots
+
+    @coze_ignores_bots.setter
+    def coze_ignores_bots(self, value: bool) -> None:
+        self.coze.ignores_bots = value
+
+    # What happened.
+    @property
+    def messages(self) -> list[Message]:
+        return list(self.world.messages.values())
+
+    @property
+    def prompts_received(self) -> list[PromptInfo]:
+        return self.coze.prompts_received
+
+    @property
+    def prompts_ignored(self) -> list[PromptInfo]:
+        return self.coze.prompts_ignored
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        await self.world.wait_for(predicate, timeout)
+
+    # Faults.
+    def fail_next(self, method: str, route: str, status: int, *, times: int = 1, retry_after: float | None = None) -> None:
+        self.rest.fail_next(method, route, status, times=times, retry_after=retry_after)
+
+    async def drop_gateway(self, *, resumable: bool = True) -> None:
+        await self.gateway.drop(resumable=resumable)
+
+    # Plumbing.
+    async def _posted(self, message: Message) -> None:
+        await self._emit_message("MESSAGE_CREATE", message)
+        self.coze.on_message(message)
+
+    async def _emit_message(self, kind: str, message: Message) -> None:
+        if self.on_send is not None and message.author is self.world.coze:
+            self.on_send(message.content)
+        await self.gateway.dispatch(kind, lambda with_content: payloads.message(self.world, message, with_content=with_content))
+
+    async def _emit_channel(self, kind: str, channel_id: int) -> None:
+        channel = self.world.channels[channel_id]
+        data: dict[str, Any] = payloads.channel(self.world, channel)
+        if kind == "THREAD_CREATE":
+            data["newly_created"] = True
+        await self.gateway.dispatch(kind, lambda with_content: data)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

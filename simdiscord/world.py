@@ -1,0 +1,112 @@
+"""The simulated Discord's state: accounts, one guild, channels, threads and messages."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+DISCORD_EPOCH_MS = 1_420_070_400_000
+
+
+class Snowflakes:
+    """Discord-shaped ids: milliseconds since Discord's epoch, then a counter; always growing."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def next(self) -> int:
+        candidate = (int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22
+        self._last = max(candidate, self._last + 1)
+        return self._last
+
+
+@dataclass
+class Account:
+    id: int
+    name: str
+    token: str
+    bot: bool
+
+
+@dataclass
+class Channel:
+    id: int
+    name: str
+    type: int  # 0 text channel, 11 public thread
+    parent_id: int | None = None
+    owner_id: int | None = None
+    archived: bool = False
+    message_count: int = 0
+
+
+@dataclass
+class Message:
+    id: int
+    channel_id: int
+    author: Account
+    content: str
+    mentions: list[Account] = field(default_factory=list)
+    reference_id: int | None = None
+    components: list[dict[str, Any]] = field(default_factory=list)
+    edited: bool = False
+
+    @property
+    def author_id(self) -> int:
+        return self.author.id
+
+
+class World:
+    """Everything the REST API, the gateway and the Coze bot share, with change notification."""
+
+    def __init__(self) -> None:
+        self.ids = Snowflakes()
+        self.guild_id = self.ids.next()
+        self.accounts: dict[int, Account] = {}
+        self._by_token: dict[str, Account] = {}
+        self.listener = self.add_account("bridge-listener", bot=True)
+        self.coze = self.add_account("Coze Bot", bot=True)
+        self.users = [self.add_account(f"prompter{n}", bot=False) for n in range(1, 4)]
+        self.human = self.add_account("someone", bot=False)
+        self.channels: dict[int, Channel] = {}
+        self.text_channel = self.add_channel("coze-chat", type=0)
+        self.other_channel = self.add_channel("general", type=0)
+        self.messages: dict[int, Message] = {}
+        self._changed = asyncio.Event()
+
+    def add_account(self, name: str, *, bot: bool) -> Account:
+        account = Account(self.ids.next(), name, f"sim-{'bot' if bot else 'user'}.{secrets.token_urlsafe(18)}", bot)
+        self.accounts[account.id] = account
+        self._by_token[account.token] = account
+        return account
+
+    def add_channel(self, name: str, *, type: int, parent_id: int | None = None, owner_id: int | None = None) -> Channel:
+        channel = Channel(self.ids.next(), name, type, parent_id=parent_id, owner_id=owner_id)
+        self.channels[channel.id] = channel
+        return channel
+
+    def authenticate(self, authorization: str) -> Account | None:
+        # Bot accounts send "Bot <token>"; user accounts send the bare token.
+        if authorization.startswith("Bot "):
+            account = self._by_token.get(authorization[4:])
+            return account if account and account.bot else None
+        account = self._by_token.get(authorization)
+        return account if account and not account.bot else None
+
+    def add_message(self, message: Message) -> None:
+        self.messages[message.id] = message
+        self.channels[message.channel_id].message_count += 1
+        self.changed()
+
+    def changed(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until `predicate()` holds, re-checking on every change."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._changed.wait()
