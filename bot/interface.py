@@ -93,6 +93,10 @@ class Backend(Protocol):
     @property
     def models(self) -> Sequence[str]: ...
 
+    async def wait_ready(self) -> None:
+        """Return once requests can be served (the caller bounds the wait)."""
+        ...
+
     def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
         """Post the prompt and yield the reply: deltas, `Idle`s, then exactly one `Finished`.
 

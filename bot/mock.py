@@ -24,6 +24,9 @@ class MockBackend:
         self.models = tuple(models)
         self.requests: list[PromptRequest] = []
 
+    async def wait_ready(self) -> None:
+        return None
+
     async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
         self.requests.append(request)
         async for event in self.handler(request):

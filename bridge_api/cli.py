@@ -16,12 +16,15 @@ from aiohttp import web
 
 from bot.backend import StartupError
 from bridge_api.app import make_app, make_runner
+from bridge_api.keys import BACKEND
 from bridge_api.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("coze_bridge")
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
+# How long start-up waits for the gateway before printing the banner anyway.
+READY_WAIT = 30.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -79,7 +82,12 @@ async def _run(config: Path | None, api: dict[str, Any], *, demo: bool) -> int:
 
 async def serve(settings: Settings, *, demo: bool = False) -> None:
     """Serve until SIGINT or SIGTERM."""
-    async with _running(settings) as port:
+    async with _running(settings) as (app, port):
+        try:
+            async with asyncio.timeout(READY_WAIT):
+                await app[BACKEND].wait_ready()
+        except TimeoutError:
+            log.warning("the Discord gateway is not ready yet; /readyz says 503 until it is")
         _print_banner(settings, port, demo=demo)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -94,14 +102,14 @@ async def serve(settings: Settings, *, demo: bool = False) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _running(settings: Settings) -> AsyncIterator[int]:
+async def _running(settings: Settings) -> AsyncIterator[tuple[web.Application, int]]:
     app = make_app(settings, settings.api.port)
     runner = make_runner(app)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.api.host, settings.api.port)
         await site.start()
-        yield runner.addresses[0][1]
+        yield app, runner.addresses[0][1]
     finally:
         await runner.cleanup()
 

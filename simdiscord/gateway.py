@@ -99,8 +99,10 @@ class Gateway:
                 session.socket = None
         return ws
 
-    async def _on_payload(self, conn: Connection, session: Session | None, payload: dict[str, Any]) -> Session | None:
-        op, data = payload.get("op"), payload.get("d")
+    async def _on_payload(
+        self, conn: Connection, session: Session | None, payload: dict[str, Any]
+    ) -> Session | None:
+        op, data = payload.get("op"), payload.get("d") or {}
         if op == 1:
             await conn.send({"op": 11, "d": None, "s": None, "t": None})
         elif op == 2:

@@ -119,7 +119,9 @@ def guild(world: World) -> dict[str, Any]:
         "member_count": len(accounts),
         "members": [member(world, account) for account in accounts],
         "channels": [channel(world, ch) for ch in world.channels.values() if ch.type != 11],
-        "threads": [channel(world, ch) for ch in world.channels.values() if ch.type == 11 and not ch.archived],
+        "threads": [
+            channel(world, ch) for ch in world.channels.values() if ch.type == 11 and not ch.archived
+        ],
         "voice_states": [],
         "presences": [],
         "stage_instances": [],

@@ -24,7 +24,9 @@ def reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     # discord.py parses a body as JSON only when Content-Type is exactly application/json;
     # aiohttp's json_response appends "; charset=utf-8".
     return web.Response(
-        body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json", **(headers or {})}
+        body=json.dumps(data).encode(),
+        status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
     )
 
 
@@ -71,11 +73,19 @@ class Rest:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/api/"):
             return await handler(request)
-        route = re.sub(r"^/api/v\d+", "", request.match_info.route.resource.canonical if request.match_info.route.resource else "")
+        route = re.sub(
+            r"^/api/v\d+",
+            "",
+            request.match_info.route.resource.canonical if request.match_info.route.resource else "",
+        )
         if fault := self._take_fault(f"{request.method} {route}"):
             if fault.status == 429:
                 # discord.py treats a 429 without a Via header as a Cloudflare ban.
-                body = {"message": "You are being rate limited.", "retry_after": fault.retry_after or 0.1, "global": False}
+                body = {
+                    "message": "You are being rate limited.",
+                    "retry_after": fault.retry_after or 0.1,
+                    "global": False,
+                }
                 return reply(body, 429, {"Retry-After": str(fault.retry_after or 0.1), "Via": "1.1 google"})
             return error(fault.status, "Simulated failure")
         if not request.path.endswith("/gateway"):
@@ -85,7 +95,9 @@ class Rest:
             request[ACCOUNT] = account
         return await handler(request)
 
-    def fail_next(self, method: str, route: str, status: int, *, times: int = 1, retry_after: float | None = None) -> None:
+    def fail_next(
+        self, method: str, route: str, status: int, *, times: int = 1, retry_after: float | None = None
+    ) -> None:
         """Make the next `times` calls of e.g. ("POST", "/channels/{channel_id}/messages") fail."""
         self.faults.setdefault(f"{method} {route}", []).extend([Fault(status, retry_after)] * times)
 
@@ -157,7 +169,11 @@ class Rest:
         return reply(payloads.message(self.world, message))
 
     def _mentions(self, content: str, allowed: dict[str, Any] | None) -> list[Account]:
-        mentioned = [self.world.accounts[int(i)] for i in USER_MENTION.findall(content) if int(i) in self.world.accounts]
+        mentioned = [
+            self.world.accounts[int(i)]
+            for i in USER_MENTION.findall(content)
+            if int(i) in self.world.accounts
+        ]
         if allowed is None or "users" in allowed.get("parse", []):
             return mentioned
         # allowed_mentions.users names the only users this message may ping.

@@ -29,7 +29,10 @@ class SimulatedDiscord:
         self.coze.script = default_script(pace)
         self.coze.ignores_bots = coze_ignores_bots
         self.rest = Rest(
-            self.world, gateway_url=lambda: self.gateway_url, on_message=self._posted, on_channel=self._emit_channel
+            self.world,
+            gateway_url=lambda: self.gateway_url,
+            on_message=self._posted,
+            on_channel=self._emit_channel,
         )
         # Called with a Coze message's text whenever the gateway sends its create or edit (benchmarks).
         self.on_send: Callable[[str], None] | None = None
@@ -122,11 +125,14 @@ class SimulatedDiscord:
     def prompts_ignored(self) -> list[PromptInfo]:
         return self.coze.prompts_ignored
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        await self.world.wait_for(predicate, timeout)
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate()` holds (bound it with asyncio.timeout)."""
+        await self.world.wait_for(predicate)
 
     # Faults.
-    def fail_next(self, method: str, route: str, status: int, *, times: int = 1, retry_after: float | None = None) -> None:
+    def fail_next(
+        self, method: str, route: str, status: int, *, times: int = 1, retry_after: float | None = None
+    ) -> None:
         self.rest.fail_next(method, route, status, times=times, retry_after=retry_after)
 
     async def drop_gateway(self, *, resumable: bool = True) -> None:
@@ -140,7 +146,9 @@ class SimulatedDiscord:
     async def _emit_message(self, kind: str, message: Message) -> None:
         if self.on_send is not None and message.author is self.world.coze:
             self.on_send(message.content)
-        await self.gateway.dispatch(kind, lambda with_content: payloads.message(self.world, message, with_content=with_content))
+        await self.gateway.dispatch(
+            kind, lambda with_content: payloads.message(self.world, message, with_content=with_content)
+        )
 
     async def _emit_channel(self, kind: str, channel_id: int) -> None:
         channel = self.world.channels[channel_id]

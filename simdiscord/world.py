@@ -78,12 +78,16 @@ class World:
         self._changed = asyncio.Event()
 
     def add_account(self, name: str, *, bot: bool) -> Account:
-        account = Account(self.ids.next(), name, f"sim-{'bot' if bot else 'user'}.{secrets.token_urlsafe(18)}", bot)
+        account = Account(
+            self.ids.next(), name, f"sim-{'bot' if bot else 'user'}.{secrets.token_urlsafe(18)}", bot
+        )
         self.accounts[account.id] = account
         self._by_token[account.token] = account
         return account
 
-    def add_channel(self, name: str, *, type: int, parent_id: int | None = None, owner_id: int | None = None) -> Channel:
+    def add_channel(
+        self, name: str, *, type: int, parent_id: int | None = None, owner_id: int | None = None
+    ) -> Channel:
         channel = Channel(self.ids.next(), name, type, parent_id=parent_id, owner_id=owner_id)
         self.channels[channel.id] = channel
         return channel
@@ -105,8 +109,7 @@ class World:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait until `predicate()` holds, re-checking on every change."""
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await self._changed.wait()
+        while not predicate():
+            await self._changed.wait()

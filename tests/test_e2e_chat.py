@@ -57,7 +57,8 @@ async def test_non_stream_gives_content_usage_and_suggestions(sim: SimulatedDisc
         )
     assert response.choices[0].message.content == answer
     assert response.choices[0].finish_reason == "stop"
-    assert response.usage is not None and response.usage.completion_tokens > 0
+    assert response.usage is not None
+    assert response.usage.completion_tokens > 0
     assert (response.model_extra or {})["suggestions"] == SUGGESTIONS
 
 
