@@ -65,7 +65,7 @@ class SendLog:
         self.sent: dict[str, dict[int, float]] = {}
 
     def record(self, content: str) -> None:
-        self.sent.setdefault(content[:NONCE_CHARS], {})[len(content)] = time.perf_counter()
+        self.sent.setdefault(content.split(" ", 1)[0], {})[len(content)] = time.perf_counter()
 
 
 def free_port() -> int:
@@ -206,7 +206,7 @@ def main() -> None:
     )
     parser.add_argument("--streams", default="1,50,200", help="comma list of concurrent stream counts")
     parser.add_argument("--target", choices=["bridge", "relay", "both"], default="both")
-    parser.add_argument("--repeats", type=int, default=3, help="requests per concurrent stream")
+    parser.add_argument("--repeats", type=int, default=4, help="requests per concurrent stream")
     parser.add_argument("--edits", type=int, default=12, help="Coze edits per reply")
     parser.add_argument("--step", type=float, default=0.25, help="seconds between Coze edits")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")

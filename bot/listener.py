@@ -54,6 +54,8 @@ def intents() -> discord.Intents:
 
 class Listener(discord.Client):
     def __init__(self, *, guild_id: int, coze_bot_id: int, sink: Callable[[CozeMessage], None]) -> None:
+        # The bridge never joins voice; discord.py would warn on every start that voice libraries are missing.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         super().__init__(
             intents=intents(),
             # The message cache would copy every streamed edit; we follow raw events instead.
