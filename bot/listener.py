@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import discord
+from discord.state import ConnectionState
 
 from bot.detector import ReplySnapshot
 from bot.interface import BridgeState
+from bot.payloads import MessagePayload, button_labels
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +27,16 @@ class CozeMessage:
     snapshot: ReplySnapshot
 
 
-def button_labels(message: discord.Message) -> tuple[str, ...] | None:
-    """The labels of the message's buttons, or None when it has no components yet.
-
-    Coze adds its row of follow-up suggestion buttons when it has finished, so components
-    appearing at all is the end marker, even when no button has a label.
-    """
-    if not message.components:
-        return None
-    labels: list[str] = []
-    for row in message.components:
-        for child in getattr(row, "children", (row,)):
-            label = getattr(child, "label", None)
-            if label:
-                labels.append(label)
-    return tuple(labels)
+def coze_message(payload: MessagePayload) -> CozeMessage:
+    reference = payload.get("message_reference", {}).get("message_id")
+    snapshot = ReplySnapshot(
+        message_id=int(payload["id"]), content=payload.get("content", ""), buttons=button_labels(payload)
+    )
+    return CozeMessage(
+        channel_id=int(payload["channel_id"]),
+        reference_id=int(reference) if reference else None,
+        snapshot=snapshot,
+    )
 
 
 def intents() -> discord.Intents:
@@ -52,33 +49,61 @@ def intents() -> discord.Intents:
     return wanted
 
 
+class _CozeFirstState(ConnectionState[Any]):
+    """Reads the Coze bot's messages straight from the gateway payload.
+
+    Coze streams by editing one message many times; discord.py would build a Message (with
+    its author, member and referenced message) for every edit. We only need a few fields.
+    """
+
+    coze_bot_id = 0
+    coze_sink: Callable[[MessagePayload], None] = staticmethod(lambda payload: None)
+
+    def parse_message_create(self, data: Any) -> None:
+        if not self._take_coze(data):
+            super().parse_message_create(data)
+
+    def parse_message_update(self, data: Any) -> None:
+        if not self._take_coze(data):
+            super().parse_message_update(data)
+
+    def _take_coze(self, data: MessagePayload) -> bool:
+        author = data.get("author")
+        if author is None or int(author["id"]) != self.coze_bot_id:
+            return False
+        self.coze_sink(data)
+        return True
+
+
 class Listener(discord.Client):
     def __init__(self, *, guild_id: int, coze_bot_id: int, sink: Callable[[CozeMessage], None]) -> None:
         # The bridge never joins voice; discord.py would warn on every start that voice libraries are missing.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         super().__init__(
             intents=intents(),
-            # The message cache would copy every streamed edit; we follow raw events instead.
+            # The message cache would keep a copy of every message; we follow raw payloads instead.
             max_messages=None,
             # Without this, on_ready waits ~2 s for member chunks we never use.
             chunk_guilds_at_startup=False,
             member_cache_flags=discord.MemberCacheFlags.none(),
         )
         self.guild_id = guild_id
-        self.coze_bot_id = coze_bot_id
         self.bridge_state = BridgeState.CONNECTING
         self.ready = asyncio.Event()
         self._sink = sink
         self._warned_empty = False
+        state = self._connection
+        assert isinstance(state, _CozeFirstState)
+        state.coze_bot_id = coze_bot_id
+        state.coze_sink = self._coze_payload
+
+    def _get_state(self, **options: Any) -> ConnectionState[Any]:
+        return _CozeFirstState(
+            dispatch=self.dispatch, handlers=self._handlers, hooks=self._hooks, http=self.http, **options
+        )
 
     def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
-        # dispatch() runs inline in the gateway reader. Handling Coze's messages here, instead of
-        # in on_message coroutines, spares a task per event (discord.py schedules one per handler).
-        if event == "message":
-            self._coze_event(args[0])
-        elif event == "raw_message_edit":
-            self._coze_event(args[0].message)
-        elif event in ("guild_available", "guild_join") and args[0].id == self.guild_id:
+        if event in ("guild_available", "guild_join") and args[0].id == self.guild_id:
             # on_ready comes ~2 s after the last GUILD_CREATE; our own guild is all we need.
             self.set_state(BridgeState.READY)
         elif event in ("ready", "resumed"):
@@ -96,15 +121,10 @@ class Listener(discord.Client):
         else:
             self.ready.clear()
 
-    def _coze_event(self, message: discord.Message) -> None:
-        if message.author.id != self.coze_bot_id:
-            return
-        buttons = button_labels(message)
-        if not (message.content or buttons or message.embeds or message.attachments):
+    def _coze_payload(self, payload: MessagePayload) -> None:
+        if not (payload.get("content") or payload.get("components") or payload.get("embeds")):
             self._warn_empty()
-        reference = message.reference.message_id if message.reference else None
-        snapshot = ReplySnapshot(message_id=message.id, content=message.content, buttons=buttons)
-        self._sink(CozeMessage(channel_id=message.channel.id, reference_id=reference, snapshot=snapshot))
+        self._sink(coze_message(payload))
 
     def _warn_empty(self) -> None:
         if not self._warned_empty:

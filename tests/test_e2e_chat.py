@@ -191,3 +191,49 @@ async def test_readyz_and_models(bridge: Bridge) -> None:
     async with bridge.openai() as client:
         models = await client.models.list()
     assert [m.id for m in models.data] == ["coze"]
+
+
+async def test_other_traffic_in_the_server_is_ignored(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    import asyncio
+
+    import aiohttp
+
+    mention = f"<@{sim.coze_bot_id}>"
+    human = sim.world.human.token
+    noise_started = asyncio.Event()
+
+    def script(prompt: object) -> ReplyPlan:
+        content = getattr(prompt, "content", "")
+        if content.startswith("noise"):
+            return plan("NOISE ANSWER for someone else", chunk_chars=3, step_delay=0.003)
+        return plan("The real answer, streamed slowly.", chunk_chars=3, step_delay=0.01)
+
+    sim.script = script
+
+    async def chatter() -> None:
+        async with asyncio.timeout(5):
+            await sim.wait_for(lambda: bool(sim.prompts_received))
+        thread_id = sim.prompts_received[0].channel_id
+        async with aiohttp.ClientSession() as http:
+            for channel, content in [
+                (thread_id, "a person chatting in the request's thread"),
+                (sim.channel_id, f"{mention} noise from someone else in the main channel"),
+            ]:
+                async with http.post(
+                    f"{sim.api_base}/channels/{channel}/messages",
+                    json={"content": content},
+                    headers={"Authorization": human},
+                ) as resp:
+                    assert resp.status == 200
+        noise_started.set()
+
+    chatter_task = asyncio.create_task(chatter())
+    deltas, finish = await stream_text(bridge, "the question")
+    await chatter_task
+    assert noise_started.is_set()
+    assert "".join(deltas) == "The real answer, streamed slowly."
+    assert finish == "stop"
+    async with asyncio.timeout(5):
+        await sim.wait_for(
+            lambda: any(m.content.startswith("NOISE ANSWER for someone else") and m.components for m in sim.messages)
+        )
