@@ -235,5 +235,7 @@ async def test_other_traffic_in_the_server_is_ignored(sim: SimulatedDiscord, bri
     assert finish == "stop"
     async with asyncio.timeout(5):
         await sim.wait_for(
-            lambda: any(m.content.startswith("NOISE ANSWER for someone else") and m.components for m in sim.messages)
+            lambda: any(
+                m.content.startswith("NOISE ANSWER for someone else") and m.components for m in sim.messages
+            )
         )
