@@ -57,11 +57,10 @@ class DiscordBackend:
         self._router = router
         self._senders: Iterator[Credential] = itertools.cycle(senders)
         self._mention = f"<@{discord_settings.coze_bot_id}>"
-        self.stopping = False
 
     @property
     def state(self) -> BridgeState:
-        return BridgeState.STOPPING if self.stopping else self._client.bridge_state
+        return self._client.bridge_state
 
     @property
     def models(self) -> Sequence[str]:
@@ -200,10 +199,11 @@ async def open_backend(
                 raise StartupError(
                     f"cannot log in to Discord at {discord_settings.api_base}: {exc}"
                 ) from None
+            client.set_state(BridgeState.CONNECTING)
             tasks.spawn(_run_gateway(client), name="discord-gateway")
             yield backend
         finally:
-            backend.stopping = True
+            client.set_state(BridgeState.STOPPING)
             await client.close()
             await tasks.close()
 

@@ -88,7 +88,7 @@ class Listener(discord.Client):
             member_cache_flags=discord.MemberCacheFlags.none(),
         )
         self.guild_id = guild_id
-        self.bridge_state = BridgeState.CONNECTING
+        self.bridge_state = BridgeState.STARTING
         self.ready = asyncio.Event()
         self._sink = sink
         self._warned_empty = False
@@ -113,6 +113,8 @@ class Listener(discord.Client):
         super().dispatch(event, *args, **kwargs)
 
     def set_state(self, state: BridgeState) -> None:
+        if self.bridge_state is BridgeState.STOPPING:
+            return  # the last state: disconnects while closing are expected
         if state is not self.bridge_state:
             log.info("gateway state: %s -> %s", self.bridge_state.value, state.value)
             self.bridge_state = state
