@@ -96,16 +96,18 @@ async def start_target(kind: str, sim: SimulatedDiscord, port: int) -> asyncio.s
         env = dict(os.environ)
     else:
         args = ["-m", "bridge_api", "--log-level", "WARNING"]
-        env = dict(os.environ) | {
-            "BRIDGE_DISCORD__BOT_TOKEN": sim.bot_token,
-            "BRIDGE_DISCORD__GUILD_ID": str(sim.guild_id),
-            "BRIDGE_DISCORD__COZE_BOT_ID": str(sim.coze_bot_id),
-            "BRIDGE_DISCORD__CHANNEL_ID": str(sim.channel_id),
-            "BRIDGE_DISCORD__USER_TOKENS": json.dumps(list(sim.user_tokens)),
-            "BRIDGE_DISCORD__API_BASE": sim.api_base,
-            "BRIDGE_API__PORT": str(port),
-            "BRIDGE_COMPLETION__QUIET_SECONDS": "5",
+        discord_env = {
+            f"BRIDGE_DISCORD__{key.upper()}": value if isinstance(value, str) else json.dumps(value)
+            for key, value in sim.discord_settings().items()
         }
+        env = (
+            dict(os.environ)
+            | discord_env
+            | {
+                "BRIDGE_API__PORT": str(port),
+                "BRIDGE_COMPLETION__QUIET_SECONDS": "5",
+            }
+        )
     return await asyncio.create_subprocess_exec(
         sys.executable, *args, env=env, stdout=asyncio.subprocess.DEVNULL
     )

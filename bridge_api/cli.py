@@ -67,15 +67,7 @@ async def _run(config: Path | None, api: dict[str, Any], *, demo: bool) -> int:
     from simdiscord import SimulatedDiscord  # the simulation is only loaded for the demo
 
     async with SimulatedDiscord(pace=1.0) as sim:
-        discord_settings = {
-            "bot_token": sim.bot_token,
-            "guild_id": sim.guild_id,
-            "coze_bot_id": sim.coze_bot_id,
-            "channel_id": sim.channel_id,
-            "user_tokens": list(sim.user_tokens),
-            "api_base": sim.api_base,
-        }
-        settings = load_settings(config, discord=discord_settings, api=api)
+        settings = load_settings(config, discord=sim.discord_settings(), api=api)
         await serve(settings, demo=True)
     return 0
 

@@ -95,6 +95,17 @@ class SimulatedDiscord:
     def coze_bot_id(self) -> int:
         return self.world.coze.id
 
+    def discord_settings(self) -> dict[str, Any]:
+        """The bridge's [discord] settings that point it at this simulation."""
+        return {
+            "bot_token": self.bot_token,
+            "guild_id": self.guild_id,
+            "coze_bot_id": self.coze_bot_id,
+            "channel_id": self.channel_id,
+            "user_tokens": self.user_tokens,
+            "api_base": self.api_base,
+        }
+
     # What the Coze bot does.
     @property
     def script(self) -> Script:

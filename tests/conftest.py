@@ -33,14 +33,7 @@ async def sim() -> AsyncIterator[SimulatedDiscord]:
 
 
 def sim_settings(sim: SimulatedDiscord, **sections: dict[str, Any]) -> Settings:
-    discord_section = {
-        "bot_token": sim.bot_token,
-        "guild_id": sim.guild_id,
-        "coze_bot_id": sim.coze_bot_id,
-        "channel_id": sim.channel_id,
-        "user_tokens": list(sim.user_tokens),
-        "api_base": sim.api_base,
-    } | sections.pop("discord", {})
+    discord_section = sim.discord_settings() | sections.pop("discord", {})
     completion = TEST_COMPLETION | sections.pop("completion", {})
     return load_settings(discord=discord_section, completion=completion, **sections)
 

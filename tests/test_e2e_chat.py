@@ -239,3 +239,23 @@ async def test_other_traffic_in_the_server_is_ignored(sim: SimulatedDiscord, bri
                 m.content.startswith("NOISE ANSWER for someone else") and m.components for m in sim.messages
             )
         )
+
+
+async def test_tokens_never_reach_the_logs(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sim.script = lambda prompt: plan("fine")
+    bridge: Bridge = await start_bridge()
+    deltas, _ = await stream_text(bridge, "hello")
+    assert "".join(deltas) == "fine"
+    sim.fail_next("POST", "/channels/{channel_id}/messages", 403)
+    async with bridge.openai() as client:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.chat.completions.create(model="coze", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 502
+    text = caplog.text + str(caught.value.body)
+    assert len(caplog.records) > 20, "the run should have logged plenty at DEBUG"
+    for token in [sim.bot_token, *sim.user_tokens]:
+        assert token not in text
+        assert token.split(".")[-1] not in text
