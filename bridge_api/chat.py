@@ -98,7 +98,8 @@ async def _stream(
     except BridgeError as exc:
         error = APIError.from_bridge(exc)
     except (ConnectionError, OSError):
-        raise
+        raise  # the client is gone: nothing more can be written to it
+
     except Exception:
         log.exception("stream %s failed", request[REQUEST_ID])
         error = server_error()
