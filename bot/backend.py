@@ -7,22 +7,30 @@ import itertools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
 
 import aiohttp
 import discord
 import yarl
 
 from bot.config import DEFAULT_MODEL, CompletionSettings, DiscordSettings
+from bot.coze_texts import Holdback, Trouble, classify, seconds_until_reset
 from bot.detector import CompletionDetector, NoReply
 from bot.interface import (
     BridgeState,
+    CozeBusy,
+    CozeLimited,
     Finished,
     Idle,
+    ModelLimited,
     NotReady,
     PromptRequest,
     ReplyEvent,
     ReplyTimeout,
     SendFailed,
+    TextDelta,
+    UpstreamError,
 )
 from bot.listener import Listener
 from bot.prompt import render_prompt, split_prompt
@@ -33,6 +41,7 @@ from bot.tasks import TaskSet
 log = logging.getLogger(__name__)
 
 THREAD_NAME_CHARS = 60
+BUSY_TRIES = 3
 
 
 class StartupError(Exception):
@@ -79,10 +88,22 @@ class DiscordBackend:
             raise NotReady(f"the Discord gateway is {self.state.value}", retry_after=5)
         thread_id = await self._open_thread(request)
         inbox = self._router.open(thread_id)
+        backoff = self._completion.busy_backoff_seconds
         try:
-            await self._post_prompt(inbox, request)
-            async for event in self._follow(inbox, heartbeat):
-                yield event
+            for attempt in range(1, BUSY_TRIES + 1):
+                await self._post_prompt(inbox, request)
+                try:
+                    async for event in self._follow(inbox, heartbeat):
+                        yield event
+                    return
+                except CozeBusy:
+                    # Nothing was streamed yet (trouble texts are held back), so a retry is invisible.
+                    if attempt == BUSY_TRIES:
+                        raise
+                log.info("%s: Coze is busy, posting again in %.1fs", request.request_id, backoff)
+                await asyncio.sleep(backoff)
+                backoff *= 2
+                self._router.retire_prompts(inbox)
         finally:
             self._router.close(inbox)
 
@@ -112,7 +133,7 @@ class DiscordBackend:
                 raise SendFailed(str(exc), posted=bool(inbox.prompt_ids)) from None
             self._router.add_prompt(inbox, message_id)
 
-    async def _follow(self, inbox: Inbox, heartbeat: float) -> AsyncIterator[ReplyEvent]:
+    async def _follow(self, inbox: Inbox, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
         loop = asyncio.get_running_loop()
         detector = CompletionDetector(
             started_at=loop.time(),
@@ -120,6 +141,7 @@ class DiscordBackend:
             first_reply_timeout=self._completion.first_reply_timeout,
             max_reply_seconds=self._completion.max_reply_seconds,
         )
+        holdback = Holdback()
         queue = inbox.queue
         while (deadline := detector.deadline) is not None:
             if queue.empty():
@@ -137,14 +159,39 @@ class DiscordBackend:
             else:
                 steps = detector.feed(queue.get_nowait(), loop.time())
             for step in steps:
-                if isinstance(step, NoReply):
+                if isinstance(step, TextDelta):
+                    if text := holdback.release(detector.text):
+                        yield TextDelta(text)
+                elif isinstance(step, NoReply):
                     raise ReplyTimeout(
                         f"the Coze bot did not answer within {self._completion.first_reply_timeout:g}s",
                         posted=True,
                     )
-                yield step
-                if isinstance(step, Finished):
+                else:
+                    for event in _finish(step, holdback):
+                        yield event
                     return
+
+
+def _finish(finished: Finished, holdback: Holdback) -> list[ReplyEvent]:
+    """The end of a reply: an answer, a refusal, or Coze's trouble notice turned into an error."""
+    trouble = classify(finished.content)
+    notice = f"Coze: {finished.content.strip()}"
+    if trouble is Trouble.DAILY_LIMIT:
+        raise CozeLimited(notice, posted=True, retry_after=seconds_until_reset(datetime.now(UTC)))
+    if trouble is Trouble.CREATOR_LIMIT:
+        raise ModelLimited(notice, posted=True, retry_after=seconds_until_reset(datetime.now(UTC)))
+    if trouble is Trouble.BUSY:
+        raise CozeBusy(notice, posted=True)
+    if trouble is Trouble.UPSTREAM:
+        raise UpstreamError(notice, posted=True)
+    events: list[ReplyEvent] = []
+    if rest := holdback.flush(finished.content):
+        events.append(TextDelta(rest))
+    if trouble is Trouble.REFUSAL:
+        finished = replace(finished, reason="content_filter")
+    events.append(finished)
+    return events
 
 
 def _thread_name(request: PromptRequest) -> str:

@@ -26,3 +26,5 @@ class CompletionSettings(BaseModel):
     quiet_seconds: float = Field(default=4.0, gt=0)
     first_reply_timeout: float = Field(default=60.0, gt=0)
     max_reply_seconds: float = Field(default=300.0, gt=0)
+    # "There are too many users now": the prompt is posted again after this, then twice as long.
+    busy_backoff_seconds: float = Field(default=2.0, ge=0)

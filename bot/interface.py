@@ -86,6 +86,30 @@ class ReplyTimeout(BridgeError):
     code = "timeout"
 
 
+class CozeLimited(BridgeError):
+    """The posting account used up its daily Coze quota."""
+
+    code = "rate_limit_exceeded"
+
+
+class ModelLimited(BridgeError):
+    """The Coze bot's owner ran out of credits."""
+
+    code = "model_rate_limited"
+
+
+class CozeBusy(BridgeError):
+    code = "coze_busy"
+
+
+class UpstreamError(BridgeError):
+    code = "upstream_error"
+
+
+class ServerShutdown(BridgeError):
+    code = "server_shutdown"
+
+
 class Backend(Protocol):
     @property
     def state(self) -> BridgeState: ...

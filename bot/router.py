@@ -34,6 +34,12 @@ class ReplyRouter:
         inbox.prompt_ids.add(message_id)
         self._by_prompt[message_id] = inbox
 
+    def retire_prompts(self, inbox: Inbox) -> None:
+        """Before the prompt is posted again: replies to the earlier posts no longer count."""
+        for prompt_id in inbox.prompt_ids:
+            self._by_prompt.pop(prompt_id, None)
+        inbox.prompt_ids = set()
+
     def close(self, inbox: Inbox) -> None:
         if self._by_channel.get(inbox.channel_id) is inbox:
             del self._by_channel[inbox.channel_id]
@@ -43,13 +49,13 @@ class ReplyRouter:
     def deliver(self, message: CozeMessage) -> None:
         # Coze replies inline to the prompt; its continuation messages may not carry the
         # reference, so the request's thread is the fallback.
-        inbox = None
-        if message.reference_id is not None:
-            inbox = self._by_prompt.get(message.reference_id)
+        reference = message.reference_id
+        inbox = self._by_prompt.get(reference) if reference is not None else None
         if inbox is None:
             inbox = self._by_channel.get(message.channel_id)
-        if inbox is not None:
-            inbox.queue.put_nowait(message.snapshot)
+            if inbox is None or (reference is not None and reference not in inbox.prompt_ids):
+                return  # someone else's conversation, or a reply to an earlier post of ours
+        inbox.queue.put_nowait(message.snapshot)
 
     def __len__(self) -> int:
         return len(self._by_channel)

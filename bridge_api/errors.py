@@ -7,13 +7,32 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.interface import BridgeError, NotReady, ReplyTimeout, SendFailed
+from bot.interface import (
+    BridgeError,
+    CozeBusy,
+    CozeLimited,
+    ModelLimited,
+    NotReady,
+    ReplyTimeout,
+    SendFailed,
+    ServerShutdown,
+    UpstreamError,
+)
 
 TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
          404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
          429: "rate_limit_exceeded"}  # fmt: skip
 
-BRIDGE_STATUS: dict[type[BridgeError], int] = {NotReady: 503, SendFailed: 502, ReplyTimeout: 504}
+BRIDGE_STATUS: dict[type[BridgeError], int] = {
+    NotReady: 503,
+    SendFailed: 502,
+    ReplyTimeout: 504,
+    CozeLimited: 429,
+    ModelLimited: 429,
+    CozeBusy: 503,
+    UpstreamError: 502,
+    ServerShutdown: 503,
+}
 
 
 class APIError(Exception):

@@ -1,0 +1,144 @@
+"""Every path ends: Coze's trouble texts, silence and Discord faults, through the whole stack."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+
+from simdiscord import ReplyPlan, SimulatedDiscord
+from tests.conftest import Bridge, BridgeFactory
+
+USER = [{"role": "user", "content": "hello"}]
+DAILY = "You have exceeded the daily limit for sending messages to the bot. Please try again later."
+CREATOR = (
+    "The bot's usage is covered by the developer, but due to the developer's message credits being exhausted, "
+    "the bot is temporarily unavailable."
+)
+BUSY = "There are too many users now. Please try again a bit later."
+BROKEN = "Something wrong occurs, please retry. If the error persists, please contact the support team."
+REFUSAL = "I'm sorry, but I can't assist with that."
+
+
+def notice(text: str) -> ReplyPlan:
+    # Trouble comes as an ordinary reply, streamed by edits, usually without buttons.
+    return ReplyPlan(text=text, chunk_chars=9, step_delay=0.002, marker=False)
+
+
+async def sse(bridge: Bridge, body: dict[str, Any]) -> tuple[int, list[str]]:
+    async with bridge.http.post(
+        f"{bridge.base_url}/v1/chat/completions", json=body | {"stream": True}
+    ) as resp:
+        frames = [f for f in (await resp.read()).decode().split("\n\n") if f.startswith("data: ")]
+        return resp.status, frames
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "code"),
+    [
+        (DAILY, 429, "rate_limit_exceeded"),
+        (CREATOR, 429, "model_rate_limited"),
+        (BROKEN, 502, "upstream_error"),
+    ],
+)
+async def test_trouble_texts_become_errors(
+    sim: SimulatedDiscord, bridge: Bridge, text: str, status: int, code: str
+) -> None:
+    sim.script = lambda prompt: notice(text)
+    async with bridge.http.post(
+        f"{bridge.base_url}/v1/chat/completions", json={"model": "coze", "messages": USER}
+    ) as resp:
+        assert resp.status == status
+        error = (await resp.json())["error"]
+        assert resp.headers["x-should-retry"] == "false"
+        if status == 429:
+            assert 0 < int(resp.headers["Retry-After"]) <= 86400
+    assert error["code"] == code
+    assert text.split(".")[0] in error["message"]
+
+    status_code, frames = await sse(bridge, {"model": "coze", "messages": USER})
+    assert status_code == 200
+    assert frames[-1] == "data: [DONE]"
+    chunks = [json.loads(f[6:]) for f in frames[:-1]]
+    assert chunks[-1]["error"]["code"] == code
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if "choices" in c)
+    assert streamed == "", "a trouble notice must never be streamed as answer text"
+
+
+async def test_refusal_is_content_with_content_filter(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    sim.script = lambda prompt: notice(REFUSAL)
+    async with bridge.openai() as client:
+        response = await client.chat.completions.create(model="coze", messages=USER)
+        assert response.choices[0].message.content == REFUSAL
+        assert response.choices[0].finish_reason == "content_filter"
+        stream = await client.chat.completions.create(model="coze", messages=USER, stream=True)
+        chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == REFUSAL
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+
+
+async def test_busy_is_retried_then_answered(sim: SimulatedDiscord, start_bridge: BridgeFactory) -> None:
+    bridge: Bridge = await start_bridge(completion={"busy_backoff_seconds": 0.01})
+    replies = iter([notice(BUSY), notice(BUSY), ReplyPlan(text="Finally an answer.", step_delay=0.002)])
+    sim.script = lambda prompt: next(replies)
+    async with bridge.openai() as client:
+        stream = await client.chat.completions.create(model="coze", messages=USER, stream=True)
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream])
+    assert text == "Finally an answer."
+    assert len(sim.prompts_received) == 3
+    assert len({p.channel_id for p in sim.prompts_received}) == 1, "retries stay in the request's thread"
+
+
+async def test_busy_three_times_is_503(sim: SimulatedDiscord, start_bridge: BridgeFactory) -> None:
+    bridge: Bridge = await start_bridge(completion={"busy_backoff_seconds": 0.01})
+    sim.script = lambda prompt: notice(BUSY)
+    async with bridge.openai() as client:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client.chat.completions.create(model="coze", messages=USER)
+    assert caught.value.status_code == 503
+    assert len(sim.prompts_received) == 3
+
+
+async def test_send_failure_is_502_and_the_next_request_works(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    sim.script = lambda prompt: ReplyPlan(text="fine", step_delay=0.002)
+    for status in (500, 403):
+        sim.fail_next("POST", "/channels/{channel_id}/messages", status)
+        async with bridge.http.post(
+            f"{bridge.base_url}/v1/chat/completions", json={"model": "coze", "messages": USER}
+        ) as resp:
+            assert resp.status == 502
+            assert (await resp.json())["error"]["code"] == "discord_send_failed"
+    sim.fail_next("POST", "/channels/{channel_id}/messages", 500)
+    status, frames = await sse(bridge, {"model": "coze", "messages": USER})
+    assert status == 200
+    assert json.loads(frames[-2][6:])["error"]["code"] == "discord_send_failed"
+    assert frames[-1] == "data: [DONE]"
+    async with bridge.openai() as client:
+        response = await client.chat.completions.create(model="coze", messages=USER)
+    assert response.choices[0].message.content == "fine"
+
+
+async def test_rate_limited_post_is_retried_after_retry_after(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    sim.script = lambda prompt: ReplyPlan(text="after the wait", step_delay=0.002)
+    sim.fail_next("POST", "/channels/{channel_id}/messages", 429, retry_after=0.05)
+    async with bridge.openai() as client:
+        response = await client.chat.completions.create(model="coze", messages=USER)
+    assert response.choices[0].message.content == "after the wait"
+    assert len(sim.prompts_received) == 1
+
+
+async def test_silence_is_an_in_band_timeout_for_streams(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
+    bridge: Bridge = await start_bridge(completion={"first_reply_timeout": 0.3}, api={"ping_seconds": 0.1})
+    sim.script = lambda prompt: ReplyPlan(text="", silent=True)
+    async with bridge.http.post(
+        f"{bridge.base_url}/v1/chat/completions", json={"model": "coze", "messages": USER, "stream": True}
+    ) as resp:
+        raw = (await resp.read()).decode()
+    assert ": ping" in raw
+    frames = [f for f in raw.split("\n\n") if f.startswith("data: ")]
+    assert json.loads(frames[-2][6:])["error"]["code"] == "timeout"
+    assert frames[-1] == "data: [DONE]"
