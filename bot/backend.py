@@ -16,7 +16,7 @@ import yarl
 
 from bot.config import DEFAULT_MODEL, CompletionSettings, DiscordSettings
 from bot.coze_texts import Holdback, Trouble, classify, seconds_until_reset
-from bot.detector import CompletionDetector, NoReply
+from bot.detector import CompletionDetector, NoReply, ReplySnapshot, Step
 from bot.interface import (
     BridgeState,
     CozeBusy,
@@ -29,6 +29,7 @@ from bot.interface import (
     ReplyEvent,
     ReplyTimeout,
     SendFailed,
+    ServerShutdown,
     TextDelta,
     UpstreamError,
 )
@@ -82,6 +83,10 @@ class DiscordBackend:
     async def wait_ready(self) -> None:
         """Wait for the gateway's first READY (for start-up banners and tests)."""
         await self._client.ready.wait()
+
+    def begin_shutdown(self) -> None:
+        self._client.set_state(BridgeState.STOPPING)
+        self._router.end_all()
 
     async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
         if self.state is not BridgeState.READY:
@@ -155,9 +160,9 @@ class DiscordBackend:
                         continue
                     steps = detector.tick(loop.time())
                 else:
-                    steps = detector.feed(snapshot, loop.time())
+                    steps = self._feed(detector, snapshot, loop.time())
             else:
-                steps = detector.feed(queue.get_nowait(), loop.time())
+                steps = self._feed(detector, queue.get_nowait(), loop.time())
             for step in steps:
                 if isinstance(step, TextDelta):
                     if text := holdback.release(detector.text):
@@ -171,6 +176,12 @@ class DiscordBackend:
                     for event in _finish(step, holdback):
                         yield event
                     return
+
+    @staticmethod
+    def _feed(detector: CompletionDetector, snapshot: ReplySnapshot | None, now: float) -> list[Step]:
+        if snapshot is None:
+            raise ServerShutdown("the bridge is shutting down; send the request again", posted=True)
+        return detector.feed(snapshot, now)
 
 
 def _finish(finished: Finished, holdback: Holdback) -> list[ReplyEvent]:

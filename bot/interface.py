@@ -121,6 +121,10 @@ class Backend(Protocol):
         """Return once requests can be served (the caller bounds the wait)."""
         ...
 
+    def begin_shutdown(self) -> None:
+        """Refuse new requests and end open replies with `ServerShutdown`."""
+        ...
+
     def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
         """Post the prompt and yield the reply: deltas, `Idle`s, then exactly one `Finished`.
 

@@ -27,6 +27,9 @@ class MockBackend:
     async def wait_ready(self) -> None:
         return None
 
+    def begin_shutdown(self) -> None:
+        self.state = BridgeState.STOPPING
+
     async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
         self.requests.append(request)
         async for event in self.handler(request):

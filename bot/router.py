@@ -16,7 +16,8 @@ class Inbox:
     def __init__(self, channel_id: int) -> None:
         self.channel_id = channel_id
         self.prompt_ids: set[int] = set()
-        self.queue: asyncio.Queue[ReplySnapshot] = asyncio.Queue()
+        # None: the bridge is shutting down.
+        self.queue: asyncio.Queue[ReplySnapshot | None] = asyncio.Queue()
 
 
 class ReplyRouter:
@@ -56,6 +57,11 @@ class ReplyRouter:
             if inbox is None or (reference is not None and reference not in inbox.prompt_ids):
                 return  # someone else's conversation, or a reply to an earlier post of ours
         inbox.queue.put_nowait(message.snapshot)
+
+    def end_all(self) -> None:
+        """Wake every waiting request so it can end its reply cleanly (shutdown)."""
+        for inbox in self._by_channel.values():
+            inbox.queue.put_nowait(None)
 
     def __len__(self) -> int:
         return len(self._by_channel)

@@ -17,6 +17,8 @@ from bridge_api.settings import Settings
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_GRACE = 5.0
+
 
 def make_app(settings: Settings, port: int, *, backend: Backend | None = None) -> web.Application:
     """The bridge's HTTP app. Without `backend`, it connects to Discord on startup."""
@@ -24,6 +26,7 @@ def make_app(settings: Settings, port: int, *, backend: Backend | None = None) -
     app[SETTINGS] = settings
     app.on_response_prepare.append(add_common_headers)
     app.cleanup_ctx.append(_backend_context(settings, port, backend))
+    app.on_shutdown.append(_end_open_streams)
     # Some providers' clients call the routes without the /v1 prefix.
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
@@ -32,6 +35,12 @@ def make_app(settings: Settings, port: int, *, backend: Backend | None = None) -
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+async def _end_open_streams(app: web.Application) -> None:
+    # on_shutdown runs after the listening sockets closed and before aiohttp waits for the
+    # handlers: open streams end now with an in-band server_shutdown error and [DONE].
+    app[BACKEND].begin_shutdown()
 
 
 def _backend_context(
@@ -54,4 +63,7 @@ def make_runner(app: web.Application) -> web.AppRunner:
     """The one way to serve the app (CLI, tests, benchmarks)."""
     # handler_cancellation: when a client goes away mid-stream, aiohttp cancels the handler,
     # which closes the backend iterator and releases the request's waiter at once.
-    return web.AppRunner(app, handler_cancellation=True, handle_signals=False, access_log=None)
+    # shutdown_timeout bounds the wait for handlers, so SIGTERM exits well within 10 s.
+    return web.AppRunner(
+        app, handler_cancellation=True, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+    )

@@ -26,17 +26,20 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> asyncio.subp
     )
 
 
+async def api_base(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            assert line, "the demo exited before printing its URL"
+            if match := re.search(r"(http://[\d.]+:\d+/v1)", line):
+                return match.group(1)
+
+
 async def test_demo_serves_stream_and_plain_requests() -> None:
     proc = await run_cli("--demo", "--port", "0")
-    assert proc.stdout is not None
     try:
-        async with asyncio.timeout(30):
-            while True:
-                line = (await proc.stdout.readline()).decode()
-                assert line, "the demo exited before printing its URL"
-                if match := re.search(r"(http://[\d.]+:\d+/v1)", line):
-                    base = match.group(1)
-                    break
+        base = await api_base(proc)
         body = {"model": "coze", "messages": [{"role": "user", "content": "Hello demo"}]}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
             async with http.post(f"{base}/chat/completions", json=body | {"stream": True}) as resp:
@@ -81,3 +84,25 @@ async def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert "absent.toml" in err.decode()
+
+
+async def test_sigterm_ends_open_streams_in_band_and_exits_0() -> None:
+    proc = await run_cli("--demo", "--port", "0")
+    base = await api_base(proc)
+    body = {"model": "coze", "stream": True, "messages": [{"role": "user", "content": "sim:long please"}]}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+        http.post(f"{base}/chat/completions", json=body) as resp,
+    ):
+        frames: list[str] = []
+        async for line in resp.content:
+            text = line.decode().strip()
+            if not text.startswith("data: "):
+                continue
+            frames.append(text)
+            if '"content":"' in text and '"role"' not in text and len(frames) == 2:
+                proc.send_signal(signal.SIGTERM)  # mid-answer
+    assert frames[-1] == "data: [DONE]"
+    assert json.loads(frames[-2][6:])["error"]["code"] == "server_shutdown"
+    async with asyncio.timeout(10):
+        assert await proc.wait() == 0

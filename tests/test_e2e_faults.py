@@ -142,3 +142,31 @@ async def test_silence_is_an_in_band_timeout_for_streams(
     frames = [f for f in raw.split("\n\n") if f.startswith("data: ")]
     assert json.loads(frames[-2][6:])["error"]["code"] == "timeout"
     assert frames[-1] == "data: [DONE]"
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [notice(DAILY), notice(CREATOR), notice(BROKEN), ReplyPlan(text="", silent=True)],
+    ids=["daily-limit", "creator-limit", "upstream", "silent"],
+)
+async def test_sdk_default_retries_never_post_a_prompt_twice(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory, plan: ReplyPlan
+) -> None:
+    bridge: Bridge = await start_bridge(completion={"first_reply_timeout": 0.3})
+    sim.script = lambda prompt: plan
+    # The SDK's defaults: 2 retries on 408/409/429/5xx unless the server says x-should-retry: false.
+    async with openai.AsyncOpenAI(base_url=bridge.base_url + "/v1", api_key="k") as client:
+        with pytest.raises(openai.APIStatusError):
+            await client.chat.completions.create(model="coze", messages=USER)
+    assert len(sim.prompts_received) == 1
+
+
+async def test_sdk_retries_a_refused_post_before_anything_reached_discord(
+    sim: SimulatedDiscord, bridge: Bridge
+) -> None:
+    sim.script = lambda prompt: ReplyPlan(text="second time lucky", step_delay=0.002)
+    sim.fail_next("POST", "/channels/{channel_id}/messages", 500)
+    async with openai.AsyncOpenAI(base_url=bridge.base_url + "/v1", api_key="k") as client:
+        response = await client.chat.completions.create(model="coze", messages=USER)
+    assert response.choices[0].message.content == "second time lucky"
+    assert len(sim.prompts_received) == 1
