@@ -11,7 +11,8 @@ from bot.backend import open_backend
 from bot.interface import Backend
 from bridge_api.chat import chat_completions
 from bridge_api.info import get_model, healthz, list_models, readyz
-from bridge_api.keys import BACKEND, SETTINGS
+from bridge_api.keys import BACKEND, METRICS, SETTINGS
+from bridge_api.metrics import Metrics, metrics_endpoint
 from bridge_api.middleware import add_common_headers, bridge_middleware
 from bridge_api.settings import Settings
 
@@ -24,6 +25,7 @@ def make_app(settings: Settings, port: int, *, backend: Backend | None = None) -
     """The bridge's HTTP app. Without `backend`, it connects to Discord on startup."""
     app = web.Application(client_max_size=settings.api.max_body_bytes, middlewares=[bridge_middleware])
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
     app.on_response_prepare.append(add_common_headers)
     app.cleanup_ctx.append(_backend_context(settings, port, backend))
     app.on_shutdown.append(_end_open_streams)
@@ -34,6 +36,7 @@ def make_app(settings: Settings, port: int, *, backend: Backend | None = None) -
         app.router.add_get(f"{prefix}/models/{{model_id}}", get_model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
     return app
 
 

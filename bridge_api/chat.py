@@ -13,7 +13,7 @@ from aiohttp import web
 from bot.interface import Backend, BridgeError, BridgeState, Finished, Idle, PromptRequest, TextDelta
 from bridge_api.chunks import DONE, PING, ChunkStream, completion_body, usage
 from bridge_api.errors import APIError, server_error
-from bridge_api.keys import BACKEND, IN_BAND_ERROR, REQUEST_ID, SETTINGS
+from bridge_api.keys import BACKEND, FIRST_TOKEN, IN_BAND_ERROR, METRICS, MODEL, REQUEST_ID, SETTINGS, STARTED
 from bridge_api.schemas import ChatRequest, parse_chat_request
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ SSE_HEADERS = {
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     chat = parse_chat_request(await _read_json(request))
+    request[MODEL] = chat.model
     backend = request.app[BACKEND]
     if chat.model not in backend.models:
         raise APIError(
@@ -46,7 +47,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
     if chat.stream:
         return await _stream(request, backend, chat, prompt, ChunkStream(completion_id, created, chat.model))
-    finished = await _collect(backend, prompt)
+    finished = await _collect(request, backend, prompt)
     counts = usage(_prompt_text(prompt), finished.content)
     return web.json_response(completion_body(completion_id, created, chat.model, finished, counts))
 
@@ -59,15 +60,17 @@ async def _read_json(request: web.Request) -> object:
         raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
 
 
-async def _collect(backend: Backend, prompt: PromptRequest) -> Finished:
+async def _collect(request: web.Request, backend: Backend, prompt: PromptRequest) -> Finished:
     heartbeat = 3600.0  # nobody to keep alive before the whole answer is there
     try:
         async with aclosing(backend.complete(prompt, heartbeat=heartbeat)) as events:
             async for event in events:
-                if isinstance(event, Finished):
+                if isinstance(event, TextDelta):
+                    _first_token(request)
+                elif isinstance(event, Finished):
                     return event
     except BridgeError as exc:
-        raise APIError.from_bridge(exc) from None
+        raise _bridge_error(request, exc) from None
     raise APIError(502, "The Coze reply ended without finishing.", code="upstream_error")
 
 
@@ -81,10 +84,13 @@ async def _stream(
     await response.write(chunks.role())
     heartbeat = request.app[SETTINGS].api.ping_seconds
     error: APIError | None = None
+    open_streams = request.app[METRICS].open_streams
+    open_streams.inc()
     try:
         async with aclosing(backend.complete(prompt, heartbeat=heartbeat)) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
+                    _first_token(request)
                     await response.write(chunks.content(event.text))
                 elif isinstance(event, Idle):
                     await response.write(PING)
@@ -96,13 +102,15 @@ async def _stream(
             else:
                 error = APIError(502, "The Coze reply ended without finishing.", code="upstream_error")
     except BridgeError as exc:
-        error = APIError.from_bridge(exc)
+        error = _bridge_error(request, exc)
     except (ConnectionError, OSError):
         raise  # the client is gone: nothing more can be written to it
 
     except Exception:
         log.exception("stream %s failed", request[REQUEST_ID])
         error = server_error()
+    finally:
+        open_streams.dec()
     if error is not None:
         # After the headers, the only way to report is in-band; the stream still ends cleanly.
         request[IN_BAND_ERROR] = error.status
@@ -110,6 +118,17 @@ async def _stream(
     await response.write(DONE)
     await response.write_eof()
     return response
+
+
+def _first_token(request: web.Request) -> None:
+    if FIRST_TOKEN not in request:
+        request[FIRST_TOKEN] = now = time.perf_counter()
+        request.app[METRICS].first_token.observe(now - request[STARTED])
+
+
+def _bridge_error(request: web.Request, exc: BridgeError) -> APIError:
+    request.app[METRICS].upstream_errors.labels(exc.code).inc()
+    return APIError.from_bridge(exc)
 
 
 def _prompt_text(prompt: PromptRequest) -> str:

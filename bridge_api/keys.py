@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from bot.interface import Backend
 from bridge_api.settings import Settings
 
+if TYPE_CHECKING:
+    from bridge_api.metrics import Metrics
+
 SETTINGS = web.AppKey("settings", Settings)
 BACKEND: web.AppKey[Backend] = web.AppKey("backend")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 REQUEST_ID = web.RequestKey("request_id", str)
 # The status of an error reported inside a stream that had already answered 200.
 IN_BAND_ERROR = web.RequestKey("in_band_error", int)
+STARTED = web.RequestKey("started", float)
+MODEL = web.RequestKey("model", str)
+FIRST_TOKEN = web.RequestKey("first_token", float)

@@ -12,13 +12,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bridge_api.errors import APIError, server_error
-from bridge_api.keys import IN_BAND_ERROR, REQUEST_ID, SETTINGS
+from bridge_api.keys import FIRST_TOKEN, IN_BAND_ERROR, METRICS, MODEL, REQUEST_ID, SETTINGS, STARTED
 
 log = logging.getLogger("coze_bridge.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 CORS_METHODS = "GET, POST, OPTIONS"
 
@@ -27,7 +27,7 @@ CORS_METHODS = "GET, POST, OPTIONS"
 async def bridge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
     request[REQUEST_ID] = incoming if SANE_REQUEST_ID.fullmatch(incoming) else f"req_{uuid.uuid4().hex}"
-    started = time.perf_counter()
+    started = request[STARTED] = time.perf_counter()
     response: web.StreamResponse
     try:
         if _is_preflight(request):
@@ -43,13 +43,22 @@ async def bridge_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.exception("request %s failed", request[REQUEST_ID])
         response = server_error().response()
     status = request.get(IN_BAND_ERROR, response.status)
+    elapsed = time.perf_counter() - started
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics = request.app[METRICS]
+    metrics.requests.labels(route, str(status)).inc()
+    metrics.duration.labels(route).observe(elapsed)
+    first = request.get(FIRST_TOKEN)
     log.info(
-        "%s %s %s -> %s in %.3fs",
+        "%s %s %s model=%s -> %s in %.3fs (first token %s)",
         request[REQUEST_ID],
         request.method,
         request.path,
+        request.get(MODEL, "-"),
         status,
-        time.perf_counter() - started,
+        elapsed,
+        f"{first - started:.3f}s" if first is not None else "-",
     )
     return response
 

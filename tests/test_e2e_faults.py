@@ -170,3 +170,57 @@ async def test_sdk_retries_a_refused_post_before_anything_reached_discord(
         response = await client.chat.completions.create(model="coze", messages=USER)
     assert response.choices[0].message.content == "second time lucky"
     assert len(sim.prompts_received) == 1
+
+
+async def read_metrics(bridge: Bridge) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with bridge.http.get(f"{bridge.base_url}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_show_faults_and_return_to_rest(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    sim.script = lambda prompt: notice(DAILY)
+    await sse(bridge, {"model": "coze", "messages": USER})
+    sim.fail_next("POST", "/channels/{channel_id}/messages", 500)
+    async with bridge.http.post(
+        f"{bridge.base_url}/v1/chat/completions", json={"model": "coze", "messages": USER}
+    ):
+        pass
+    metrics = await read_metrics(bridge)
+    route = "/v1/chat/completions"
+    assert metrics[("coze_bridge_requests_total", (("route", route), ("status", "429")))] == 1
+    assert metrics[("coze_bridge_requests_total", (("route", route), ("status", "502")))] == 1
+    assert metrics[("coze_bridge_upstream_errors_total", (("kind", "rate_limit_exceeded"),))] == 1
+    assert metrics[("coze_bridge_upstream_errors_total", (("kind", "discord_send_failed"),))] == 1
+    assert metrics[("coze_bridge_open_streams", ())] == 0
+    assert metrics[("coze_bridge_gateway_state", (("state", "ready"),))] == 1
+    assert bridge.backend.open_replies == 0
+
+
+async def test_client_disconnect_releases_the_request_at_once(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    import asyncio
+
+    sim.script = lambda prompt: ReplyPlan(text="x" * 400, chunk_chars=1, step_delay=0.05)
+    resp = await bridge.http.post(
+        f"{bridge.base_url}/v1/chat/completions", json={"model": "coze", "messages": USER, "stream": True}
+    )
+    async for line in resp.content:
+        if b'"content":"x' in line:
+            break
+    assert bridge.backend.open_replies == 1
+    resp.close()
+    async with asyncio.timeout(3):
+        # Each pass awaits a /metrics read, which lets the server finish the cancelled handler.
+        while (await read_metrics(bridge))[("coze_bridge_open_streams", ())] or bridge.backend.open_replies:
+            pass
+    sim.script = lambda prompt: ReplyPlan(text="next one works", step_delay=0.002)
+    async with bridge.openai() as client:
+        response = await client.chat.completions.create(model="coze", messages=USER)
+    assert response.choices[0].message.content == "next one works"

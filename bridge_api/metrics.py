@@ -1,0 +1,60 @@
+"""Prometheus metrics, in a registry of the app's own (no process-wide state)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from bot.interface import BridgeState
+from bridge_api.keys import BACKEND, METRICS
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "coze_bridge_requests",
+            "Requests by route and final status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "coze_bridge_request_duration_seconds",
+            "Time to the end of the response",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.first_token = Histogram(
+            "coze_bridge_time_to_first_token_seconds",
+            "Time from the request to the first content",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.open_streams = Gauge("coze_bridge_open_streams", "Streams being served", registry=self.registry)
+        self.gateway_state = Gauge(
+            "coze_bridge_gateway_state", "1 for the bridge's current state", ["state"], registry=self.registry
+        )
+        self.upstream_errors = Counter(
+            "coze_bridge_upstream_errors",
+            "Failures of Discord or Coze, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    current = request.app[BACKEND].state
+    for state in BridgeState:
+        metrics.gateway_state.labels(state.value).set(1 if state is current else 0)
+    return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
