@@ -33,7 +33,7 @@ from bot.interface import (
     TextDelta,
     UpstreamError,
 )
-from bot.listener import Listener
+from bot.listener import Listener, coze_message
 from bot.prompt import render_prompt, split_prompt
 from bot.rest import AllowedMentions, Credential, DiscordRest, RestError
 from bot.router import Inbox, ReplyRouter
@@ -59,6 +59,8 @@ class DiscordBackend:
         rest: DiscordRest,
         router: ReplyRouter,
         senders: Sequence[Credential],
+        reader: Credential,
+        tasks: TaskSet,
     ) -> None:
         self._settings = discord_settings
         self._completion = completion
@@ -66,6 +68,8 @@ class DiscordBackend:
         self._rest = rest
         self._router = router
         self._senders: Iterator[Credential] = itertools.cycle(senders)
+        self._reader = reader
+        self._tasks = tasks
         self._mention = f"<@{discord_settings.coze_bot_id}>"
 
     @property
@@ -83,6 +87,22 @@ class DiscordBackend:
     async def wait_ready(self) -> None:
         """Wait for the gateway's first READY (for start-up banners and tests)."""
         await self._client.ready.wait()
+
+    def resync(self) -> None:
+        """After a new gateway session, fetch what open replies may have missed."""
+        for inbox in self._router.open_inboxes():
+            if inbox.prompt_ids:
+                self._tasks.spawn(self._refetch(inbox), name=f"refetch-{inbox.channel_id}")
+
+    async def _refetch(self, inbox: Inbox) -> None:
+        try:
+            payloads = await self._rest.messages_after(inbox.channel_id, min(inbox.prompt_ids), self._reader)
+        except RestError as exc:
+            log.warning("could not refetch thread %s after a reconnect: %s", inbox.channel_id, exc)
+            return
+        for payload in payloads:
+            if int(payload["author"]["id"]) == self._settings.coze_bot_id:
+                self._router.deliver(coze_message(payload))
 
     def begin_shutdown(self) -> None:
         self._client.set_state(BridgeState.STOPPING)
@@ -148,17 +168,26 @@ class DiscordBackend:
         )
         holdback = Holdback()
         queue = inbox.queue
+        client = self._client
+        epoch = client.ready_epoch
         while (deadline := detector.deadline) is not None:
             if queue.empty():
-                wait = min(deadline - loop.time(), heartbeat)
+                gateway_up = client.bridge_state is BridgeState.READY
+                # While the gateway is away only the hard cap counts: silence proves nothing.
+                until = deadline if gateway_up else detector.hard_deadline
                 try:
-                    async with asyncio.timeout(wait):
+                    async with asyncio.timeout(min(until - loop.time(), heartbeat)):
                         snapshot = await queue.get()
                 except TimeoutError:
-                    if loop.time() < deadline:
+                    now = loop.time()
+                    if client.ready_epoch != epoch:
+                        epoch = client.ready_epoch
+                        detector.touch(now)
+                        continue
+                    if now < deadline or (not gateway_up and now < detector.hard_deadline):
                         yield Idle()
                         continue
-                    steps = detector.tick(loop.time())
+                    steps = detector.tick(now)
                 else:
                     steps = self._feed(detector, snapshot, loop.time())
             else:
@@ -248,7 +277,10 @@ async def open_backend(
             rest=rest,
             router=router,
             senders=senders,
+            reader=bot,
+            tasks=tasks,
         )
+        client.on_resync = backend.resync
         try:
             try:
                 _point_discordpy_at(discord_settings.api_base, await rest.gateway_url(bot))

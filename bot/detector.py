@@ -67,6 +67,15 @@ class CompletionDetector:
         # A reply exists but is still empty: never end on quiet before the first content.
         return self._hard_deadline
 
+    @property
+    def hard_deadline(self) -> float:
+        return self._hard_deadline
+
+    def touch(self, now: float) -> None:
+        """Restart the quiet period: the gateway was away, so the silence proved nothing."""
+        if not self._done and self._last_activity is not None:
+            self._last_activity = max(self._last_activity, now)
+
     def feed(self, snapshot: ReplySnapshot, now: float) -> list[Step]:
         if self._done:
             # Follow-up messages after the marker are suggestions, never answer text.

@@ -76,7 +76,13 @@ class _CozeFirstState(ConnectionState[Any]):
 
 
 class Listener(discord.Client):
-    def __init__(self, *, guild_id: int, coze_bot_id: int, sink: Callable[[CozeMessage], None]) -> None:
+    def __init__(
+        self,
+        *,
+        guild_id: int,
+        coze_bot_id: int,
+        sink: Callable[[CozeMessage], None],
+    ) -> None:
         # The bridge never joins voice; discord.py would warn on every start that voice libraries are missing.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         super().__init__(
@@ -90,7 +96,12 @@ class Listener(discord.Client):
         self.guild_id = guild_id
         self.bridge_state = BridgeState.STARTING
         self.ready = asyncio.Event()
+        # Counts the returns to READY, so a waiting reply can tell the gateway was away.
+        self.ready_epoch = 0
         self._sink = sink
+        # Called when a new gateway session replaces one that could not be resumed.
+        self.on_resync: Callable[[], None] = lambda: None
+        self._guild_seen = False
         self._warned_empty = False
         state = self._connection
         assert isinstance(state, _CozeFirstState)
@@ -106,6 +117,10 @@ class Listener(discord.Client):
         if event in ("guild_available", "guild_join") and args[0].id == self.guild_id:
             # on_ready comes ~2 s after the last GUILD_CREATE; our own guild is all we need.
             self.set_state(BridgeState.READY)
+            if self._guild_seen:
+                # A new session (RESUME was refused): events sent in the gap are gone for good.
+                self.on_resync()
+            self._guild_seen = True
         elif event in ("ready", "resumed"):
             self.set_state(BridgeState.READY)
         elif event == "disconnect" and self.bridge_state is BridgeState.READY:
@@ -118,6 +133,8 @@ class Listener(discord.Client):
         if state is not self.bridge_state:
             log.info("gateway state: %s -> %s", self.bridge_state.value, state.value)
             self.bridge_state = state
+            if state is BridgeState.READY:
+                self.ready_epoch += 1
         if state is BridgeState.READY:
             self.ready.set()
         else:

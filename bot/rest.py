@@ -12,6 +12,8 @@ from typing import Any, TypedDict
 
 import aiohttp
 
+from bot.payloads import MessagePayload
+
 log = logging.getLogger(__name__)
 
 # Waits longer than this are not worth holding an HTTP request for; the caller gets an error.
@@ -57,9 +59,7 @@ class DiscordRest:
         self._api_base = api_base.rstrip("/")
         self._session = session
 
-    async def request(
-        self, method: str, path: str, credential: Credential, *, json: Any = None
-    ) -> dict[str, Any]:
+    async def request(self, method: str, path: str, credential: Credential, *, json: Any = None) -> Any:
         url = self._api_base + path
         headers = {"Authorization": credential.authorization}
         for _attempt in range(MAX_ATTEMPTS):
@@ -74,7 +74,7 @@ class DiscordRest:
                         raise RestError(
                             f"Discord answered {method} with HTTP {resp.status}: {reason}", status=resp.status
                         )
-                    return body if isinstance(body, dict) else {}
+                    return body
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 raise RestError(f"Discord could not be reached ({type(exc).__name__})", status=None) from None
         raise RestError("Discord kept rate-limiting the request", status=429)
@@ -92,6 +92,15 @@ class DiscordRest:
     async def post_message(self, channel_id: int, payload: MessageCreate, credential: Credential) -> int:
         created = await self.request("POST", f"/channels/{channel_id}/messages", credential, json=payload)
         return int(created["id"])
+
+    async def messages_after(
+        self, channel_id: int, after: int, credential: Credential
+    ) -> list[MessagePayload]:
+        """Up to 100 messages newer than `after`, oldest first."""
+        found = await self.request(
+            "GET", f"/channels/{channel_id}/messages?after={after}&limit=100", credential
+        )
+        return sorted(found, key=lambda message: int(message["id"])) if isinstance(found, list) else []
 
     async def gateway_url(self, credential: Credential) -> str:
         data = await self.request("GET", "/gateway/bot", credential)

@@ -58,6 +58,9 @@ class ReplyRouter:
                 return  # someone else's conversation, or a reply to an earlier post of ours
         inbox.queue.put_nowait(message.snapshot)
 
+    def open_inboxes(self) -> list[Inbox]:
+        return list(self._by_channel.values())
+
     def end_all(self) -> None:
         """Wake every waiting request so it can end its reply cleanly (shutdown)."""
         for inbox in self._by_channel.values():

@@ -98,7 +98,9 @@ async def test_extremes_then_still_serving(base_url: str) -> None:
         many = {"model": "coze", "messages": [{"role": "user", "content": "hi"}] * 10_000}
         await check(http, base_url, json.dumps(many).encode())
         huge = {"model": "coze", "messages": [{"role": "user", "content": "x" * 2_000_000}]}
-        async with http.post(f"{base_url}/v1/chat/completions", data=io.BytesIO(json.dumps(huge).encode())) as resp:
+        async with http.post(
+            f"{base_url}/v1/chat/completions", data=io.BytesIO(json.dumps(huge).encode())
+        ) as resp:
             assert resp.status == 413
         deep = json.dumps({"model": "coze", "messages": [[[[[[[[[[[]]]]]]]]]]]})
         await check(http, base_url, deep.encode())

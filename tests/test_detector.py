@@ -186,3 +186,20 @@ def test_appending_edits_stream_exactly_the_final_text(pieces: list[str], button
     assert isinstance(final, Finished)
     assert deltas(steps) == final.content == text
     assert final.suggestions == buttons
+
+
+def test_touch_restarts_the_quiet_period_but_not_the_hard_cap() -> None:
+    d = detector()
+    d.feed(ReplySnapshot(1, "half an answer"), 10.0)
+    d.touch(12.0)
+    assert d.deadline == 12.0 + QUIET
+    assert d.tick(10.0 + QUIET) == []
+    d.touch(MAX + 50)
+    assert d.deadline == MAX
+    assert d.tick(MAX) == [Finished("length", "half an answer", ())]
+
+
+def test_touch_before_any_reply_changes_nothing() -> None:
+    d = detector()
+    d.touch(30.0)
+    assert d.deadline == FIRST

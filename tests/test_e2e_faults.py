@@ -224,3 +224,21 @@ async def test_client_disconnect_releases_the_request_at_once(sim: SimulatedDisc
     async with bridge.openai() as client:
         response = await client.chat.completions.create(model="coze", messages=USER)
     assert response.choices[0].message.content == "next one works"
+
+
+async def test_refused_resume_recovers_missed_edits_over_rest(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    answer = "This reply keeps streaming while the gateway session is lost and replaced by a new one."
+    sim.script = lambda prompt: ReplyPlan(text=answer, chunk_chars=4, step_delay=0.01, suggestions=["more"])
+    async with bridge.openai() as client:
+        response_task = client.chat.completions.create(model="coze", messages=USER)
+        import asyncio
+
+        task = asyncio.ensure_future(response_task)
+        async with asyncio.timeout(5):
+            await sim.wait_for(lambda: any(m.author_id == sim.coze_bot_id for m in sim.messages))
+        await sim.drop_gateway(resumable=False)
+        response = await task
+    assert sim.gateway.identifies == 2, "discord.py had to identify anew"
+    assert response.choices[0].message.content == answer
+    assert response.choices[0].finish_reason == "stop"
+    assert (response.model_extra or {})["suggestions"] == ["more"]
