@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
@@ -114,10 +115,21 @@ async def _stream(
     if error is not None:
         # After the headers, the only way to report is in-band; the stream still ends cleanly.
         request[IN_BAND_ERROR] = error.status
+        if request.app[SETTINGS].api.stream_errors_as_content:
+            await response.write(chunks.content(readable_notice(error, datetime.now(UTC))))
         await response.write(b"data: " + json.dumps(error.body()).encode() + b"\n\n")
     await response.write(DONE)
     await response.write_eof()
     return response
+
+
+def readable_notice(error: APIError, now: datetime) -> str:
+    """The error as a line a person reads in a chat window."""
+    text = f"[coze-discord-bridge] {error.message}"
+    if (wait := error.headers.get("Retry-After")) is not None:
+        at = now + timedelta(seconds=int(wait))
+        text += f" (retry after {at:%H:%M} UTC)"
+    return text
 
 
 def _first_token(request: web.Request) -> None:

@@ -24,6 +24,8 @@ class ApiSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     # NextChat aborts a stream that shows no bytes for 60 s; Coze can be slower than that to start.
     ping_seconds: float = Field(default=5.0, gt=0)
+    # NextChat drops an in-band error frame and shows "empty response": also send it as text.
+    stream_errors_as_content: bool = False
 
 
 class Settings(BaseSettings):

@@ -242,3 +242,19 @@ async def test_refused_resume_recovers_missed_edits_over_rest(sim: SimulatedDisc
     assert response.choices[0].message.content == answer
     assert response.choices[0].finish_reason == "stop"
     assert (response.model_extra or {})["suggestions"] == ["more"]
+
+
+async def test_stream_errors_as_content_for_chat_front_ends(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
+    bridge: Bridge = await start_bridge(api={"stream_errors_as_content": True})
+    sim.script = lambda prompt: notice(DAILY)
+    status, frames = await sse(bridge, {"model": "coze", "messages": USER})
+    assert status == 200
+    chunks = [json.loads(f[6:]) for f in frames[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if "choices" in c)
+    assert text.startswith("[coze-discord-bridge] Coze: You have exceeded the daily limit")
+    assert "retry after" in text
+    assert "UTC)" in text
+    assert chunks[-1]["error"]["code"] == "rate_limit_exceeded"
+    assert frames[-1] == "data: [DONE]"
