@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 THREAD_NAME_CHARS = 60
 BUSY_TRIES = 3
+THREAD_TIMEOUT = 10.0
 
 
 class StartupError(Exception):
@@ -137,11 +138,17 @@ class DiscordBackend:
         if not isinstance(channel, discord.TextChannel):
             raise SendFailed(f"channel {self._settings.channel_id} is not a text channel the bot can see")
         try:
-            thread = await channel.create_thread(
-                name=_thread_name(request), type=discord.ChannelType.public_thread, auto_archive_duration=60
-            )
+            # discord.py retries 5xx answers for about 25 s; a caller should not wait that long.
+            async with asyncio.timeout(THREAD_TIMEOUT):
+                thread = await channel.create_thread(
+                    name=_thread_name(request),
+                    type=discord.ChannelType.public_thread,
+                    auto_archive_duration=60,
+                )
         except discord.HTTPException as exc:
             raise SendFailed(f"Discord refused to create a thread (HTTP {exc.status})") from None
+        except TimeoutError:
+            raise SendFailed(f"Discord did not create a thread within {THREAD_TIMEOUT:g}s") from None
         return thread.id
 
     async def _post_prompt(self, inbox: Inbox, request: PromptRequest) -> None:

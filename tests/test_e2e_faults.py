@@ -258,3 +258,31 @@ async def test_stream_errors_as_content_for_chat_front_ends(
     assert "UTC)" in text
     assert chunks[-1]["error"]["code"] == "rate_limit_exceeded"
     assert frames[-1] == "data: [DONE]"
+
+
+async def test_refused_thread_is_502_before_anything_is_posted(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    sim.fail_next("POST", "/channels/{channel_id}/threads", 403)
+    async with bridge.http.post(
+        f"{bridge.base_url}/v1/chat/completions", json={"model": "coze", "messages": USER}
+    ) as resp:
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "discord_send_failed"
+        assert "x-should-retry" not in resp.headers
+    assert sim.prompts_received == []
+
+
+async def test_readiness_follows_the_gateway(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    listener = bridge.backend._client
+    listener.dispatch("disconnect")
+    async with bridge.http.get(f"{bridge.base_url}/readyz") as resp:
+        assert resp.status == 503
+        assert (await resp.json())["status"] == "degraded"
+    async with bridge.http.post(
+        f"{bridge.base_url}/v1/chat/completions", json={"model": "coze", "messages": USER}
+    ) as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"]
+    listener.dispatch("resumed")
+    async with bridge.http.get(f"{bridge.base_url}/readyz") as resp:
+        assert resp.status == 200
+    assert sim.prompts_received == []

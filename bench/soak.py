@@ -1,0 +1,157 @@
+"""Soak: many concurrent streams, a third of them faulted, and a gateway drop in the middle.
+
+    python -m bench.soak --streams 200
+
+Every stream must end (finish chunk or in-band error, then [DONE]); every answer must be the
+one asked for (no text of one reply inside another); the bridge must be back at rest after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import psutil
+from aiohttp import web
+
+from bot.backend import open_backend
+from bridge_api.app import make_app, make_runner
+from bridge_api.settings import Settings, load_settings
+from simdiscord import PromptInfo, ReplyPlan, SimulatedDiscord
+
+DAILY = "You have exceeded the daily limit for sending messages to the bot. Please try again later."
+BROKEN = "Something wrong occurs, please retry. If the error persists, please contact the support team."
+# Kind of fault by stream number modulo 9: a third of the streams get one.
+FAULTS = {0: ("daily", "rate_limit_exceeded"), 1: ("silent", "timeout"), 2: ("broken", "upstream_error")}
+
+
+def expected_answer(nonce: str) -> str:
+    return f"Answer for {nonce}: " + " ".join(f"{nonce}-word{i}" for i in range(12))
+
+
+def soak_script(prompt: PromptInfo) -> ReplyPlan:
+    nonce = prompt.content.split()[-1]
+    kind = FAULTS.get(int(nonce.removeprefix("s")) % 9, ("ok", ""))[0]
+    if kind == "daily":
+        return ReplyPlan(text=DAILY, chunk_chars=20, step_delay=0.02, marker=False)
+    if kind == "broken":
+        return ReplyPlan(text=BROKEN, chunk_chars=20, step_delay=0.02, marker=False)
+    if kind == "silent":
+        return ReplyPlan(text="", silent=True)
+    return ReplyPlan(text=expected_answer(nonce), chunk_chars=16, step_delay=0.05, suggestions=["more"])
+
+
+@dataclass
+class SoakResult:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+async def one_stream(http: aiohttp.ClientSession, url: str, number: int, result: SoakResult) -> None:
+    nonce = f"s{number}"
+    body = {"model": "coze", "stream": True, "messages": [{"role": "user", "content": f"soak {nonce}"}]}
+    text, finish, error, done = "", None, None, False
+    async with http.post(f"{url}/v1/chat/completions", json=body) as resp:
+        async for line in resp.content:
+            if line.startswith(b"data: [DONE]"):
+                done = True
+            elif line.startswith(b"data: "):
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    error = chunk["error"]["code"]
+                elif chunk["choices"]:
+                    text += chunk["choices"][0]["delta"].get("content") or ""
+                    finish = chunk["choices"][0]["finish_reason"] or finish
+    kind, code = FAULTS.get(number % 9, ("ok", ""))
+    outcome = f"{kind}:{finish or error}"
+    result.outcomes[outcome] += 1
+    if not done:
+        result.problems.append(f"{nonce}: no [DONE]")
+    elif kind == "ok" and (finish != "stop" or text != expected_answer(nonce)):
+        result.problems.append(f"{nonce}: wrong answer {text[:60]!r} finish={finish} error={error}")
+    elif kind != "ok" and (error != code or text):
+        result.problems.append(f"{nonce}: expected {code}, got error={error} text={text[:40]!r}")
+
+
+async def run_soak(url: str, sim: SimulatedDiscord, streams: int) -> SoakResult:
+    """Drive `streams` concurrent streams through a bridge already serving at `url`."""
+    sim.script = soak_script
+    result = SoakResult()
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        clients = [asyncio.ensure_future(one_stream(http, url, n, result)) for n in range(streams)]
+        # Drop the gateway once answers are streaming; discord.py resumes and replays.
+        async with asyncio.timeout(30):
+            await sim.wait_for(lambda: sum(m.edited for m in sim.messages) >= streams // 3)
+        await sim.drop_gateway(resumable=True)
+        await asyncio.gather(*clients)
+        async with http.get(f"{url}/metrics") as resp:
+            metrics = await resp.text()
+    if "coze_bridge_open_streams 0.0" not in metrics:
+        result.problems.append("open streams did not return to 0")
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def soak_settings(sim: SimulatedDiscord) -> Settings:
+    return load_settings(
+        discord=sim.discord_settings(),
+        completion={"quiet_seconds": 2.0, "first_reply_timeout": 3.0, "max_reply_seconds": 30.0},
+    )
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[str]:
+    async with open_backend(settings.discord, settings.completion) as backend:
+        async with asyncio.timeout(10):
+            await backend.wait_ready()
+        runner = make_runner(make_app(settings, 0, backend=backend))
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        finally:
+            await runner.cleanup()
+
+
+async def main_async(streams: int) -> SoakResult:
+    async with SimulatedDiscord() as sim, serving(soak_settings(sim)) as url:
+        result = await run_soak(url, sim, streams)
+    result.peak_rss_mb = psutil.Process().memory_info().rss / 2**20
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--streams", type=int, default=200)
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args.streams))
+    summary: dict[str, Any] = {
+        "streams": args.streams,
+        "seconds": round(result.seconds, 2),
+        "outcomes": dict(sorted(result.outcomes.items())),
+        "problems": result.problems[:10],
+        "process_rss_mb": round(result.peak_rss_mb, 1),
+    }
+    print(json.dumps(summary, indent=2))
+    raise SystemExit(0 if result.ok else 1)
+
+
+if __name__ == "__main__":
+    main()
