@@ -245,17 +245,26 @@ async def test_tokens_never_reach_the_logs(
     sim: SimulatedDiscord, start_bridge: BridgeFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    api_key = "sk-live-4f9a1c0e7b2d48e6a5c3f1b0d9e8a7c6"
     sim.script = lambda prompt: plan("fine")
-    bridge: Bridge = await start_bridge()
-    deltas, _ = await stream_text(bridge, "hello")
-    assert "".join(deltas) == "fine"
-    sim.fail_next("POST", "/channels/{channel_id}/messages", 403)
-    async with bridge.openai() as client:
+    bridge: Bridge = await start_bridge(api={"keys": [api_key]})
+    async with openai.AsyncOpenAI(base_url=bridge.base_url + "/v1", api_key=api_key, max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="coze", messages=[{"role": "user", "content": "hello"}], stream=True
+        )
+        assert "".join([c.choices[0].delta.content or "" async for c in stream]) == "fine"
+        sim.fail_next("POST", "/channels/{channel_id}/messages", 403)
         with pytest.raises(openai.APIStatusError) as caught:
             await client.chat.completions.create(model="coze", messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 502
-    text = caplog.text + str(caught.value.body)
+    wrong_key = api_key[:-4] + "0000"
+    async with openai.AsyncOpenAI(
+        base_url=bridge.base_url + "/v1", api_key=wrong_key, max_retries=0
+    ) as client:
+        with pytest.raises(openai.AuthenticationError) as denied:
+            await client.models.list()
+    text = caplog.text + str(caught.value.body) + str(denied.value.body)
     assert len(caplog.records) > 20, "the run should have logged plenty at DEBUG"
-    for token in [sim.bot_token, *sim.user_tokens]:
-        assert token not in text
-        assert token.split(".")[-1] not in text
+    for secret in [sim.bot_token, *sim.user_tokens, api_key, wrong_key]:
+        assert secret not in text
+        assert secret.split(".")[-1][-12:] not in text
