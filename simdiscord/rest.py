@@ -79,6 +79,10 @@ class Rest:
             request.match_info.route.resource.canonical if request.match_info.route.resource else "",
         )
         if fault := self._take_fault(f"{request.method} {route}"):
+            if fault.status == 0 and request.transport is not None:
+                # A network failure: the connection dies without an answer.
+                request.transport.abort()
+                return web.Response(status=499)
             if fault.status == 429:
                 # discord.py treats a 429 without a Via header as a Cloudflare ban.
                 body = {
@@ -98,7 +102,10 @@ class Rest:
     def fail_next(
         self, method: str, route: str, status: int, *, times: int = 1, retry_after: float | None = None
     ) -> None:
-        """Make the next `times` calls of e.g. ("POST", "/channels/{channel_id}/messages") fail."""
+        """Make the next `times` calls of e.g. ("POST", "/channels/{channel_id}/messages") fail.
+
+        Status 0 drops the connection without an answer, like a network failure.
+        """
         self.faults.setdefault(f"{method} {route}", []).extend([Fault(status, retry_after)] * times)
 
     def _take_fault(self, key: str) -> Fault | None:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 SECRET = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GsEcRt.super-secret-token-value"
 
@@ -86,7 +87,8 @@ async def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     assert "absent.toml" in err.decode()
 
 
-async def test_sigterm_ends_open_streams_in_band_and_exits_0() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_ends_open_streams_in_band_and_exits_0(signum: signal.Signals) -> None:
     proc = await run_cli("--demo", "--port", "0")
     base = await api_base(proc)
     body = {"model": "coze", "stream": True, "messages": [{"role": "user", "content": "sim:long please"}]}
@@ -101,7 +103,7 @@ async def test_sigterm_ends_open_streams_in_band_and_exits_0() -> None:
                 continue
             frames.append(text)
             if '"content":"' in text and '"role"' not in text and len(frames) == 2:
-                proc.send_signal(signal.SIGTERM)  # mid-answer
+                proc.send_signal(signum)  # mid-answer
     assert frames[-1] == "data: [DONE]"
     assert json.loads(frames[-2][6:])["error"]["code"] == "server_shutdown"
     async with asyncio.timeout(10):

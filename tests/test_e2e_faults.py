@@ -103,7 +103,7 @@ async def test_busy_three_times_is_503(sim: SimulatedDiscord, start_bridge: Brid
 
 async def test_send_failure_is_502_and_the_next_request_works(sim: SimulatedDiscord, bridge: Bridge) -> None:
     sim.script = lambda prompt: ReplyPlan(text="fine", step_delay=0.002)
-    for status in (500, 403):
+    for status in (500, 403, 0):  # 0: the connection drops (a network error)
         sim.fail_next("POST", "/channels/{channel_id}/messages", status)
         async with bridge.http.post(
             f"{bridge.base_url}/v1/chat/completions", json={"model": "coze", "messages": USER}
