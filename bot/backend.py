@@ -3,40 +3,42 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import NoReturn
 
-import aiohttp
 import discord
-import yarl
 
-from bot.config import DEFAULT_MODEL, CompletionSettings, DiscordSettings
-from bot.coze_texts import Holdback, Trouble, classify, seconds_until_reset
-from bot.detector import CompletionDetector, NoReply, ReplySnapshot, Step
+from bot.accounts import Account, AccountPool
+from bot.config import BackendConfig, ModelSettings
+from bot.continuation import CONTINUE_PROMPT, Transcript, is_cut_off
+from bot.conversations import Conversations, Plan
+from bot.follow import follow_reply
+from bot.images import with_image_links
 from bot.interface import (
+    BackendStatus,
     BridgeState,
     CozeBusy,
     CozeLimited,
     Finished,
-    Idle,
+    ImageFile,
     ModelLimited,
+    ModelStatus,
     NotReady,
     PromptRequest,
     ReplyEvent,
-    ReplyTimeout,
     SendFailed,
-    ServerShutdown,
     TextDelta,
-    UpstreamError,
+    TokenStatus,
 )
 from bot.listener import Listener, coze_message
 from bot.prompt import render_prompt, split_prompt
 from bot.rest import AllowedMentions, Credential, DiscordRest, RestError
 from bot.router import Inbox, ReplyRouter
+from bot.storage import Store
 from bot.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -44,50 +46,105 @@ log = logging.getLogger(__name__)
 THREAD_NAME_CHARS = 60
 BUSY_TRIES = 3
 THREAD_TIMEOUT = 10.0
+# Discord's answers to a user token that can no longer post: 401, or 403 with code 40002
+# ("You need to verify your account in order to perform this action").
+UNVERIFIED = 40002
+# A remembered thread that is gone: deleted (404), or archived and locked (50083).
+THREAD_ARCHIVED = 50083
 
 
 class StartupError(Exception):
     """The bridge cannot start (bad token, Discord unreachable); the message is safe to print."""
 
 
+class _InvalidToken(Exception):
+    """The account's token was refused; the prompt goes out with the next one."""
+
+
+class _ThreadGone(Exception):
+    """The conversation's thread no longer takes messages; start a new one."""
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
 class DiscordBackend:
     def __init__(
         self,
         *,
-        discord_settings: DiscordSettings,
-        completion: CompletionSettings,
+        config: BackendConfig,
         client: Listener,
         rest: DiscordRest,
         router: ReplyRouter,
-        senders: Sequence[Credential],
+        pool: AccountPool,
+        credentials: dict[str, Credential],
+        conversations: Conversations,
+        store: Store,
         reader: Credential,
         tasks: TaskSet,
     ) -> None:
-        self._settings = discord_settings
-        self._completion = completion
+        self._completion = config.completion
+        self._models = config.model_routes
         self._client = client
         self._rest = rest
         self._router = router
-        self._senders: Iterator[Credential] = itertools.cycle(senders)
+        self._pool = pool
+        self._credentials = credentials
+        self._conversations = conversations
+        self._store = store
         self._reader = reader
         self._tasks = tasks
-        self._mention = f"<@{discord_settings.coze_bot_id}>"
+        self._coze_ids = frozenset(model.coze_bot_id for model in self._models)
 
     @property
     def state(self) -> BridgeState:
         return self._client.bridge_state
 
     @property
-    def models(self) -> Sequence[str]:
-        return (DEFAULT_MODEL,)
+    def models(self) -> Sequence[ModelSettings]:
+        return self._models
 
     @property
     def open_replies(self) -> int:
         return len(self._router)
 
+    @property
+    def pool(self) -> AccountPool:
+        return self._pool
+
     async def wait_ready(self) -> None:
         """Wait for the gateway's first READY (for start-up banners and tests)."""
         await self._client.ready.wait()
+
+    def status(self) -> BackendStatus:
+        now = time.time()
+        pool = self._pool
+        tokens = []
+        for account in pool.accounts:
+            resting = {
+                model.name: _utc(until)
+                for model in self._models
+                if (until := account.resting_until(model.coze_bot_id, now)) is not None
+            }
+            state = pool.state(account, self._coze_ids, now)
+            tokens.append(
+                TokenStatus(
+                    id=account.masked,
+                    state=state.value,
+                    resting_until=min(resting.values()) if resting and state.value == "resting" else None,
+                    resting_models=resting,
+                    requests_today=pool.requests_today(account, now),
+                )
+            )
+        models = tuple(
+            ModelStatus(
+                model.name,
+                _utc(until) if (until := pool.model_resting_until(model.coze_bot_id, now)) else None,
+            )
+            for model in self._models
+        )
+        return BackendStatus(self.state, self.open_replies, tuple(tokens), models)
 
     def resync(self) -> None:
         """After a new gateway session, fetch what open replies may have missed."""
@@ -102,41 +159,214 @@ class DiscordBackend:
             log.warning("could not refetch thread %s after a reconnect: %s", inbox.channel_id, exc)
             return
         for payload in payloads:
-            if int(payload["author"]["id"]) == self._settings.coze_bot_id:
+            if int(payload["author"]["id"]) in self._coze_ids:
                 self._router.deliver(coze_message(payload))
 
     def begin_shutdown(self) -> None:
         self._client.set_state(BridgeState.STOPPING)
         self._router.end_all()
 
+    def busy_threads(self) -> set[int]:
+        return {inbox.channel_id for inbox in self._router.open_inboxes()}
+
     async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
         if self.state is not BridgeState.READY:
             raise NotReady(f"the Discord gateway is {self.state.value}", retry_after=5)
-        thread_id = await self._open_thread(request)
+        model = self._models[request.route]
+        self._check_limits(model)
+        conversations = self._conversations
+        plan = await conversations.plan(request, model.name)
+        async with conversations.hold(plan.lock_key):
+            if plan.lock_key is not None:
+                plan = await conversations.plan(request, model.name)  # another request may have moved it on
+            try:
+                async for event in self._in_thread(request, model, plan, heartbeat):
+                    yield event
+            except _ThreadGone:
+                assert plan.thread_id is not None
+                log.info("%s: thread %s is gone; starting a new one", request.request_id, plan.thread_id)
+                await conversations.forget(plan.thread_id)
+                async for event in self._in_thread(
+                    request, model, Plan(None, request.turns, None), heartbeat
+                ):
+                    yield event
+
+    def _check_limits(self, model: ModelSettings) -> None:
+        """Fail before posting anything when no prompt could be answered."""
+        now = time.time()
+        if until := self._pool.model_resting_until(model.coze_bot_id, now):
+            raise ModelLimited(
+                f"the Coze bot behind '{model.name}' is out of credits until {_utc(until):%H:%M} UTC",
+                retry_after=until - now,
+            )
+        if self._pool.pick(model.coze_bot_id, now, advance=False) is None:
+            raise self._all_resting(model, now, posted=False)
+
+    def _all_resting(self, model: ModelSettings, now: float, *, posted: bool) -> CozeLimited:
+        until = self._pool.earliest_return(model.coze_bot_id, now)
+        if until is None:
+            return CozeLimited(f"no valid user token can post to '{model.name}'", posted=posted)
+        return CozeLimited(
+            f"every user token has used up today's Coze quota for '{model.name}' "
+            f"(the first is back at {_utc(until):%H:%M} UTC)",
+            posted=posted,
+            retry_after=until - now,
+        )
+
+    async def _in_thread(
+        self, request: PromptRequest, model: ModelSettings, plan: Plan, heartbeat: float
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        thread_id = plan.thread_id
+        if thread_id is None:
+            thread_id = await self._open_thread(model, request)
+            if not request.fresh:
+                await self._conversations.started(thread_id, model.name, time.time())
         inbox = self._router.open(thread_id)
-        backoff = self._completion.busy_backoff_seconds
         try:
-            for attempt in range(1, BUSY_TRIES + 1):
-                await self._post_prompt(inbox, request)
-                try:
-                    async for event in self._follow(inbox, heartbeat):
-                        yield event
-                    return
-                except CozeBusy:
-                    # Nothing was streamed yet (trouble texts are held back), so a retry is invisible.
-                    if attempt == BUSY_TRIES:
-                        raise
-                log.info("%s: Coze is busy, posting again in %.1fs", request.request_id, backoff)
-                await asyncio.sleep(backoff)
-                backoff *= 2
-                self._router.retire_prompts(inbox)
+            async for event in self._answer(inbox, model, plan, heartbeat):
+                if isinstance(event, Finished):
+                    await self._conversations.finished(
+                        request, model.name, thread_id, event.content, time.time()
+                    )
+                yield event
         finally:
             self._router.close(inbox)
 
-    async def _open_thread(self, request: PromptRequest) -> int:
-        channel = self._client.get_channel(self._settings.channel_id)
+    async def _answer(
+        self, inbox: Inbox, model: ModelSettings, plan: Plan, heartbeat: float
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """The whole answer: one reply, or several stitched when Coze cut it off."""
+        mention = f"<@{model.coze_bot_id}>"
+        chunks = split_prompt(render_prompt(plan.turns), mention)
+        files = [image for turn in plan.turns for image in turn.images]
+        transcript = Transcript()
+        images: list[str] = []
+        budget = self._completion.auto_continue
+        while True:
+            finished: Finished | None = None
+            async for event in self._exchange(
+                inbox, model, chunks, files, heartbeat, transcript, hide_ellipsis=transcript.parts < budget
+            ):
+                if isinstance(event, Finished):
+                    finished = event
+                else:
+                    yield event
+            assert finished is not None
+            images.extend(finished.images)
+            if transcript.parts < budget and finished.reason == "stop" and is_cut_off(finished.content):
+                transcript.next_part(finished.content)
+                chunks, files = [f"{mention} {CONTINUE_PROMPT}"], []
+                continue
+            text = transcript.shown(finished.content, final=True, hide_ellipsis=False)
+            content = with_image_links(text, images)
+            if rest := transcript.delta(content):
+                yield TextDelta(rest)
+            yield replace(finished, content=content, images=tuple(dict.fromkeys(images)))
+            return
+
+    async def _exchange(
+        self,
+        inbox: Inbox,
+        model: ModelSettings,
+        chunks: list[str],
+        files: Sequence[ImageFile],
+        heartbeat: float,
+        transcript: Transcript,
+        *,
+        hide_ellipsis: bool,
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """Post one prompt and follow its reply, moving to the next token when one is spent."""
+        spent: list[Account] = []
+        busy = 0
+        backoff = self._completion.busy_backoff_seconds
+        while True:
+            now = time.time()
+            account = self._pool.pick(model.coze_bot_id, now, exclude=spent)
+            if account is None:
+                raise self._all_resting(model, now, posted=inbox.posted)
+            try:
+                await self._post(inbox, model, chunks, files, account)
+                async for event in follow_reply(
+                    inbox,
+                    self._client,
+                    self._completion,
+                    heartbeat=heartbeat,
+                    transcript=transcript,
+                    hide_ellipsis=hide_ellipsis,
+                ):
+                    yield event
+                return
+            except _InvalidToken:
+                spent.append(account)
+                continue
+            except CozeLimited:
+                # Nothing was streamed (notices are held back): the next token asks again.
+                until = self._pool.rest(account, model.coze_bot_id, now)
+                await self._store.rest_token(account.fingerprint, model.coze_bot_id, until)
+                log.warning(
+                    "%s has used up its Coze quota for '%s'; resting until %s",
+                    account.masked,
+                    model.name,
+                    _utc(until).isoformat(timespec="minutes"),
+                )
+                spent.append(account)
+            except ModelLimited as exc:
+                until = self._pool.rest_model(model.coze_bot_id, now)
+                await self._store.rest_model(model.coze_bot_id, until)
+                exc.retry_after = until - now
+                raise
+            except CozeBusy:
+                busy += 1
+                if busy == BUSY_TRIES:
+                    raise
+                log.info("Coze is busy, posting again in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff *= 2
+            self._router.retire_prompts(inbox)
+
+    async def _post(
+        self,
+        inbox: Inbox,
+        model: ModelSettings,
+        chunks: list[str],
+        files: Sequence[ImageFile],
+        account: Account,
+    ) -> None:
+        credential = self._credentials[account.fingerprint]
+        # Only the Coze bot may be pinged, whatever the prompt text contains.
+        mentions: AllowedMentions = {"parse": [], "users": [str(model.coze_bot_id)]}
+        for index, chunk in enumerate(chunks):
+            # Images ride on the last message, the one that mentions the Coze bot.
+            attach = files if index == len(chunks) - 1 else ()
+            try:
+                message_id = await self._rest.post_message(
+                    inbox.channel_id,
+                    {"content": chunk, "allowed_mentions": mentions},
+                    credential,
+                    files=attach,
+                )
+            except RestError as exc:
+                await self._post_failed(inbox, account, exc)
+            self._router.add_prompt(inbox, message_id)
+        now = time.time()
+        self._pool.count_request(account, now)
+        await self._store.save_token(account.row())
+
+    async def _post_failed(self, inbox: Inbox, account: Account, exc: RestError) -> NoReturn:
+        if exc.status == 401 or exc.code == UNVERIFIED:
+            if not account.invalid:
+                log.error("%s was refused by Discord (%s); it will not be used again", account.masked, exc)
+                account.invalid = True
+                await self._store.save_token(account.row())
+            raise _InvalidToken from None
+        if not inbox.posted and (exc.status == 404 or exc.code == THREAD_ARCHIVED):
+            raise _ThreadGone from None
+        raise SendFailed(str(exc), posted=inbox.posted) from None
+
+    async def _open_thread(self, model: ModelSettings, request: PromptRequest) -> int:
+        channel = self._client.get_channel(model.channel_id)
         if not isinstance(channel, discord.TextChannel):
-            raise SendFailed(f"channel {self._settings.channel_id} is not a text channel the bot can see")
+            raise SendFailed(f"channel {model.channel_id} is not a text channel the bot can see")
         try:
             # discord.py retries 5xx answers for about 25 s; a caller should not wait that long.
             async with asyncio.timeout(THREAD_TIMEOUT):
@@ -151,166 +381,8 @@ class DiscordBackend:
             raise SendFailed(f"Discord did not create a thread within {THREAD_TIMEOUT:g}s") from None
         return thread.id
 
-    async def _post_prompt(self, inbox: Inbox, request: PromptRequest) -> None:
-        chunks = split_prompt(render_prompt(request.turns), self._mention)
-        sender = next(self._senders)
-        # Only the Coze bot may be pinged, whatever the prompt text contains.
-        mentions: AllowedMentions = {"parse": [], "users": [str(self._settings.coze_bot_id)]}
-        for chunk in chunks:
-            try:
-                message_id = await self._rest.post_message(
-                    inbox.channel_id, {"content": chunk, "allowed_mentions": mentions}, sender
-                )
-            except RestError as exc:
-                raise SendFailed(str(exc), posted=bool(inbox.prompt_ids)) from None
-            self._router.add_prompt(inbox, message_id)
-
-    async def _follow(self, inbox: Inbox, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
-        loop = asyncio.get_running_loop()
-        detector = CompletionDetector(
-            started_at=loop.time(),
-            quiet_seconds=self._completion.quiet_seconds,
-            first_reply_timeout=self._completion.first_reply_timeout,
-            max_reply_seconds=self._completion.max_reply_seconds,
-        )
-        holdback = Holdback()
-        queue = inbox.queue
-        client = self._client
-        epoch = client.ready_epoch
-        while (deadline := detector.deadline) is not None:
-            if queue.empty():
-                gateway_up = client.bridge_state is BridgeState.READY
-                # While the gateway is away only the hard cap counts: silence proves nothing.
-                until = deadline if gateway_up else detector.hard_deadline
-                try:
-                    async with asyncio.timeout(min(until - loop.time(), heartbeat)):
-                        snapshot = await queue.get()
-                except TimeoutError:
-                    now = loop.time()
-                    if client.ready_epoch != epoch:
-                        epoch = client.ready_epoch
-                        detector.touch(now)
-                        continue
-                    if now < deadline or (not gateway_up and now < detector.hard_deadline):
-                        yield Idle()
-                        continue
-                    steps = detector.tick(now)
-                else:
-                    steps = self._feed(detector, snapshot, loop.time())
-            else:
-                steps = self._feed(detector, queue.get_nowait(), loop.time())
-            for step in steps:
-                if isinstance(step, TextDelta):
-                    if text := holdback.release(detector.text):
-                        yield TextDelta(text)
-                elif isinstance(step, NoReply):
-                    raise ReplyTimeout(
-                        f"the Coze bot did not answer within {self._completion.first_reply_timeout:g}s",
-                        posted=True,
-                    )
-                else:
-                    for event in _finish(step, holdback):
-                        yield event
-                    return
-
-    @staticmethod
-    def _feed(detector: CompletionDetector, snapshot: ReplySnapshot | None, now: float) -> list[Step]:
-        if snapshot is None:
-            raise ServerShutdown("the bridge is shutting down; send the request again", posted=True)
-        return detector.feed(snapshot, now)
-
-
-def _finish(finished: Finished, holdback: Holdback) -> list[ReplyEvent]:
-    """The end of a reply: an answer, a refusal, or Coze's trouble notice turned into an error."""
-    trouble = classify(finished.content)
-    notice = f"Coze: {finished.content.strip()}"
-    if trouble is Trouble.DAILY_LIMIT:
-        raise CozeLimited(notice, posted=True, retry_after=seconds_until_reset(datetime.now(UTC)))
-    if trouble is Trouble.CREATOR_LIMIT:
-        raise ModelLimited(notice, posted=True, retry_after=seconds_until_reset(datetime.now(UTC)))
-    if trouble is Trouble.BUSY:
-        raise CozeBusy(notice, posted=True)
-    if trouble is Trouble.UPSTREAM:
-        raise UpstreamError(notice, posted=True)
-    events: list[ReplyEvent] = []
-    if rest := holdback.flush(finished.content):
-        events.append(TextDelta(rest))
-    if trouble is Trouble.REFUSAL:
-        finished = replace(finished, reason="content_filter")
-    events.append(finished)
-    return events
-
 
 def _thread_name(request: PromptRequest) -> str:
     last = next((turn.content for turn in reversed(request.turns) if turn.role == "user"), "")
     words = " ".join(last.split())[:THREAD_NAME_CHARS] or "chat"
     return f"{words} · {request.request_id[-8:]}"
-
-
-def _point_discordpy_at(api_base: str, gateway_url: str) -> None:
-    # discord.py reads both from class attributes, so they apply process-wide; a plain Client
-    # never asks /gateway/bot itself and falls back to DEFAULT_GATEWAY after a refused RESUME.
-    discord.http.Route.BASE = api_base.rstrip("/")
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
-
-
-@asynccontextmanager
-async def open_backend(
-    discord_settings: DiscordSettings, completion: CompletionSettings
-) -> AsyncIterator[DiscordBackend]:
-    """Log in to Discord, start the gateway, yield the backend; close everything on exit."""
-    bot = Credential(discord_settings.bot_token.get_secret_value(), is_bot=True, label="listener bot")
-    senders = [
-        Credential(token.get_secret_value(), is_bot=False, label=f"user token #{index}")
-        for index, token in enumerate(discord_settings.user_tokens, start=1)
-    ]
-    if not senders:
-        log.warning(
-            "no discord.user_tokens: the listener bot posts the prompts itself, and a real Coze bot "
-            "does not answer prompts written by bot accounts"
-        )
-        senders = [bot]
-    tasks = TaskSet()
-    router = ReplyRouter()
-    client = Listener(
-        guild_id=discord_settings.guild_id, coze_bot_id=discord_settings.coze_bot_id, sink=router.deliver
-    )
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        rest = DiscordRest(discord_settings.api_base, session)
-        backend = DiscordBackend(
-            discord_settings=discord_settings,
-            completion=completion,
-            client=client,
-            rest=rest,
-            router=router,
-            senders=senders,
-            reader=bot,
-            tasks=tasks,
-        )
-        client.on_resync = backend.resync
-        try:
-            try:
-                _point_discordpy_at(discord_settings.api_base, await rest.gateway_url(bot))
-                await client.login(discord_settings.bot_token.get_secret_value())
-            except (RestError, discord.LoginFailure) as exc:
-                raise StartupError(
-                    f"cannot log in to Discord at {discord_settings.api_base}: {exc}"
-                ) from None
-            client.set_state(BridgeState.CONNECTING)
-            tasks.spawn(_run_gateway(client), name="discord-gateway")
-            yield backend
-        finally:
-            client.set_state(BridgeState.STOPPING)
-            await client.close()
-            await tasks.close()
-
-
-async def _run_gateway(client: Listener) -> None:
-    try:
-        await client.connect(reconnect=True)
-    except discord.PrivilegedIntentsRequired:
-        client.set_state(BridgeState.DEGRADED)
-        log.error("enable the Message Content intent for the listening bot in the Discord developer portal")
-    except (discord.GatewayNotFound, discord.ConnectionClosed) as exc:
-        client.set_state(BridgeState.DEGRADED)
-        log.error("the Discord gateway connection ended: %s", exc)

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pathlib import Path
+from typing import Annotated, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, SecretStr
+
+from bot.reset import ResetTime
+
+
+def _reset_time(value: object) -> ResetTime:
+    if isinstance(value, ResetTime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a string such as '00:00 UTC'")
+    return ResetTime.parse(value)
+
+
+ResetTimeField = Annotated[ResetTime, PlainValidator(_reset_time), PlainSerializer(str)]
 
 DISCORD_API_BASE = "https://discord.com/api/v10"
-# Until several Coze bots can be configured, the one bot is served under this model id.
+# With no [[models]] configured, the one Coze bot in [discord] is served under this name.
 DEFAULT_MODEL = "coze"
 
 
@@ -14,10 +30,23 @@ class DiscordSettings(BaseModel):
 
     bot_token: SecretStr
     guild_id: int
-    coze_bot_id: int
-    channel_id: int
+    # Optional once [[models]] names the Coze bots and their channels.
+    coze_bot_id: int | None = None
+    channel_id: int | None = None
     user_tokens: list[SecretStr] = Field(default_factory=list)
     api_base: str = DISCORD_API_BASE
+
+
+class ModelSettings(BaseModel):
+    """One Coze bot served under a model name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    coze_bot_id: int
+    channel_id: int
+    # When given, only these API keys may use the model (they are accepted as API keys too).
+    api_keys: list[SecretStr] = Field(default_factory=list)
 
 
 class CompletionSettings(BaseModel):
@@ -28,3 +57,38 @@ class CompletionSettings(BaseModel):
     max_reply_seconds: float = Field(default=300.0, gt=0)
     # "There are too many users now": the prompt is posted again after this, then twice as long.
     busy_backoff_seconds: float = Field(default=2.0, ge=0)
+    # Coze cuts a reply at 2000 characters with an ellipsis; say "continue" up to this many times.
+    auto_continue: int = Field(default=0, ge=0, le=10)
+
+
+class AccountSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # When Coze's daily quotas start again: "HH:MM" and a zone ("UTC", "Asia/Shanghai", "+08:00").
+    reset_at: ResetTimeField = Field(default_factory=lambda: ResetTime.parse("00:00 UTC"))
+
+
+class StorageSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Path("data/bridge.db")
+    thread_ttl_hours: float = Field(default=72.0, gt=0)
+
+
+class BackendConfig(Protocol):
+    """What the Discord side reads from the application's settings."""
+
+    @property
+    def discord(self) -> DiscordSettings: ...
+
+    @property
+    def completion(self) -> CompletionSettings: ...
+
+    @property
+    def accounts(self) -> AccountSettings: ...
+
+    @property
+    def storage(self) -> StorageSettings: ...
+
+    @property
+    def model_routes(self) -> list[ModelSettings]: ...

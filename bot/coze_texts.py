@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 
 class Trouble(enum.Enum):
@@ -63,31 +62,16 @@ class Holdback:
     """Keeps streamed text back while it could still turn out to be a trouble text.
 
     Coze streams its error notices like answers; once a client has the words it cannot be
-    told they were an error, so nothing goes out until the text has left every known prefix.
+    told they were an error, so nothing shows until the text has left every known prefix.
     """
 
-    released: int = 0
     holding: bool = True
 
-    def flush(self, text: str) -> str:
-        """Everything not yet streamed: the reply is over and was an ordinary answer."""
-        self.holding = False
-        return self.release(text)
-
-    def release(self, text: str) -> str:
-        """What of `text` (the reply so far) may be streamed now."""
+    def visible(self, text: str) -> str:
+        """What of `text` (the reply so far) may be shown now: nothing, or all of it."""
         if self.holding:
             current = normalise(text)
             if any(key.startswith(current) or current.startswith(key) for key, _ in _KEYS):
                 return ""
             self.holding = False
-        out = text[self.released :]
-        self.released = len(text)
-        return out
-
-
-def seconds_until_reset(now: datetime) -> float:
-    """Coze's quotas are daily; until accounts.reset_at exists, they reset at 00:00 UTC."""
-    now = now.astimezone(UTC)
-    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return (midnight - now).total_seconds()
+        return text

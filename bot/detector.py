@@ -25,6 +25,7 @@ class ReplySnapshot:
     content: str
     # None: no components yet. A tuple, even empty: Coze's end-of-answer button row.
     buttons: tuple[str, ...] | None = None
+    images: tuple[str, ...] = ()  # embeds' images and image attachments, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class CompletionDetector:
         self._first_deadline = started_at + first_reply_timeout
         self._hard_deadline = started_at + max_reply_seconds
         self._contents: dict[int, str] = {}
+        self._images: dict[int, tuple[str, ...]] = {}
         self._text = ""
         self._emitted = 0
         self._last_activity: float | None = None
@@ -57,12 +59,22 @@ class CompletionDetector:
         return self._text
 
     @property
+    def _has_content(self) -> bool:
+        return bool(self._text or self._images)
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """Every image URL seen so far, in message order, each once (edits repeat them)."""
+        ordered = (url for key in sorted(self._images) for url in self._images[key])
+        return tuple(dict.fromkeys(ordered))
+
+    @property
     def deadline(self) -> float | None:
         if self._done:
             return None
         if not self._contents:
             return min(self._first_deadline, self._hard_deadline)
-        if self._text and self._last_activity is not None:
+        if self._has_content and self._last_activity is not None:
             return min(self._last_activity + self._quiet, self._hard_deadline)
         # A reply exists but is still empty: never end on quiet before the first content.
         return self._hard_deadline
@@ -84,6 +96,8 @@ class CompletionDetector:
         if self._contents.get(snapshot.message_id) != snapshot.content:
             self._contents[snapshot.message_id] = snapshot.content
             self._text = self._join()
+        if snapshot.images:
+            self._images[snapshot.message_id] = snapshot.images
         steps: list[Step] = []
         if delta := self._delta():
             steps.append(delta)
@@ -96,7 +110,7 @@ class CompletionDetector:
         if deadline is None or now < deadline:
             return []
         if now >= self._hard_deadline:
-            return [self._finish("length", ())] if self._text else self._no_reply()
+            return [self._finish("length", ())] if self._has_content else self._no_reply()
         if not self._contents:
             return self._no_reply()
         return [self._finish("stop", ())]
@@ -119,7 +133,7 @@ class CompletionDetector:
 
     def _finish(self, reason: FinishReason, suggestions: tuple[str, ...]) -> Finished:
         self._done = True
-        return Finished(reason=reason, content=self._text, suggestions=suggestions)
+        return Finished(reason=reason, content=self._text, suggestions=suggestions, images=self.images)
 
     def _no_reply(self) -> list[Step]:
         self._done = True

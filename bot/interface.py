@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal, Protocol
+
+from bot.config import ModelSettings
 
 
 class BridgeState(enum.Enum):
@@ -23,16 +26,31 @@ class BridgeState(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class ImageFile:
+    """An image the caller sent, checked and ready to upload as an attachment."""
+
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ChatTurn:
     role: str
     content: str
+    images: tuple[ImageFile, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class PromptRequest:
     request_id: str
-    model: str
+    model: str  # the name the caller asked for
     turns: tuple[ChatTurn, ...]
+    route: int = 0  # index into `Backend.models`: the Coze bot that answers
+    # The caller's own conversation id (`user` or X-Conversation-Id), if it named one.
+    conversation: str | None = None
+    # Always a new thread, never remembered as a conversation (image generation).
+    fresh: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +71,7 @@ class Finished:
     reason: FinishReason
     content: str
     suggestions: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()  # image URLs in the reply, also linked at the end of `content`
 
 
 ReplyEvent = TextDelta | Idle | Finished
@@ -110,12 +129,37 @@ class ServerShutdown(BridgeError):
     code = "server_shutdown"
 
 
+@dataclass(frozen=True, slots=True)
+class TokenStatus:
+    id: str  # masked: a label and a fingerprint, never the token
+    state: str  # healthy, resting, invalid
+    resting_until: datetime | None
+    resting_models: dict[str, datetime]
+    requests_today: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    name: str
+    resting_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatus:
+    state: BridgeState
+    open_replies: int
+    tokens: tuple[TokenStatus, ...]
+    models: tuple[ModelStatus, ...]
+
+
 class Backend(Protocol):
     @property
     def state(self) -> BridgeState: ...
 
     @property
-    def models(self) -> Sequence[str]: ...
+    def models(self) -> Sequence[ModelSettings]: ...
+
+    def status(self) -> BackendStatus: ...
 
     async def wait_ready(self) -> None:
         """Return once requests can be served (the caller bounds the wait)."""

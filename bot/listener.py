@@ -12,6 +12,7 @@ import discord
 from discord.state import ConnectionState
 
 from bot.detector import ReplySnapshot
+from bot.images import image_urls
 from bot.interface import BridgeState
 from bot.payloads import MessagePayload, button_labels
 
@@ -30,7 +31,10 @@ class CozeMessage:
 def coze_message(payload: MessagePayload) -> CozeMessage:
     reference = payload.get("message_reference", {}).get("message_id")
     snapshot = ReplySnapshot(
-        message_id=int(payload["id"]), content=payload.get("content", ""), buttons=button_labels(payload)
+        message_id=int(payload["id"]),
+        content=payload.get("content", ""),
+        buttons=button_labels(payload),
+        images=image_urls(payload),
     )
     return CozeMessage(
         channel_id=int(payload["channel_id"]),
@@ -56,7 +60,7 @@ class _CozeFirstState(ConnectionState[Any]):
     its author, member and referenced message) for every edit. We only need a few fields.
     """
 
-    coze_bot_id = 0
+    coze_bot_ids: frozenset[int] = frozenset()
     coze_sink: Callable[[MessagePayload], None] = staticmethod(lambda payload: None)
 
     def parse_message_create(self, data: Any) -> None:
@@ -69,7 +73,7 @@ class _CozeFirstState(ConnectionState[Any]):
 
     def _take_coze(self, data: MessagePayload) -> bool:
         author = data.get("author")
-        if author is None or int(author["id"]) != self.coze_bot_id:
+        if author is None or int(author["id"]) not in self.coze_bot_ids:
             return False
         self.coze_sink(data)
         return True
@@ -80,7 +84,7 @@ class Listener(discord.Client):
         self,
         *,
         guild_id: int,
-        coze_bot_id: int,
+        coze_bot_ids: frozenset[int],
         sink: Callable[[CozeMessage], None],
     ) -> None:
         # The bridge never joins voice; discord.py would warn on every start that voice libraries are missing.
@@ -105,7 +109,7 @@ class Listener(discord.Client):
         self._warned_empty = False
         state = self._connection
         assert isinstance(state, _CozeFirstState)
-        state.coze_bot_id = coze_bot_id
+        state.coze_bot_ids = coze_bot_ids
         state.coze_sink = self._coze_payload
 
     def _get_state(self, **options: Any) -> ConnectionState[Any]:

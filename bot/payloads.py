@@ -20,6 +20,24 @@ class ComponentPayload(TypedDict, total=False):
     components: list[ComponentPayload]
 
 
+class MediaPayload(TypedDict, total=False):
+    url: str
+
+
+class EmbedPayload(TypedDict, total=False):
+    type: str
+    image: MediaPayload
+    thumbnail: MediaPayload
+
+
+class AttachmentPayload(TypedDict, total=False):
+    id: str
+    filename: str
+    url: str
+    content_type: str
+    size: int
+
+
 class MessagePayload(TypedDict, total=False):
     id: str
     channel_id: str
@@ -27,8 +45,8 @@ class MessagePayload(TypedDict, total=False):
     content: str
     components: list[ComponentPayload]
     message_reference: ReferencePayload
-    embeds: list[object]
-    attachments: list[object]
+    embeds: list[EmbedPayload]
+    attachments: list[AttachmentPayload]
 
 
 def button_labels(payload: MessagePayload) -> tuple[str, ...] | None:

@@ -7,11 +7,14 @@ go out with user-account tokens; discord.py no longer supports those, hence plai
 from __future__ import annotations
 
 import asyncio
+import json as json_module
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any, TypedDict
 
 import aiohttp
 
+from bot.interface import ImageFile
 from bot.payloads import MessagePayload
 
 log = logging.getLogger(__name__)
@@ -47,11 +50,15 @@ class MessageCreate(TypedDict, total=False):
 
 
 class RestError(Exception):
-    """A Discord REST call that failed; `status` is None for network errors."""
+    """A Discord REST call that failed; `status` is None for network errors.
 
-    def __init__(self, message: str, *, status: int | None) -> None:
+    `code` is Discord's own error code from the JSON body (e.g. 40002: verify your account).
+    """
+
+    def __init__(self, message: str, *, status: int | None, code: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
 
 
 class DiscordRest:
@@ -59,20 +66,33 @@ class DiscordRest:
         self._api_base = api_base.rstrip("/")
         self._session = session
 
-    async def request(self, method: str, path: str, credential: Credential, *, json: Any = None) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        credential: Credential,
+        *,
+        json: Any = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
+    ) -> Any:
+        """One call, waiting out 429s; `form` builds a multipart body afresh for each attempt."""
         url = self._api_base + path
         headers = {"Authorization": credential.authorization}
         for _attempt in range(MAX_ATTEMPTS):
+            data = form() if form is not None else None
             try:
-                async with self._session.request(method, url, json=json, headers=headers) as resp:
+                async with self._session.request(method, url, json=json, data=data, headers=headers) as resp:
                     body: Any = await resp.json(content_type=None) if resp.content_length != 0 else {}
                     if resp.status == 429:
                         await self._rate_limited(resp, body, credential)
                         continue
                     if resp.status >= 400:
-                        reason = body.get("message", resp.reason) if isinstance(body, dict) else resp.reason
+                        error = body if isinstance(body, dict) else {}
+                        code = error.get("code")
                         raise RestError(
-                            f"Discord answered {method} with HTTP {resp.status}: {reason}", status=resp.status
+                            f"Discord answered {method} with HTTP {resp.status}: {error.get('message', resp.reason)}",
+                            status=resp.status,
+                            code=code if isinstance(code, int) else None,
                         )
                     return body
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -89,9 +109,39 @@ class DiscordRest:
         log.info("rate-limited on %s for %.2fs", credential.label, wait)
         await asyncio.sleep(wait)
 
-    async def post_message(self, channel_id: int, payload: MessageCreate, credential: Credential) -> int:
-        created = await self.request("POST", f"/channels/{channel_id}/messages", credential, json=payload)
+    async def post_message(
+        self,
+        channel_id: int,
+        payload: MessageCreate,
+        credential: Credential,
+        *,
+        files: Sequence[ImageFile] = (),
+    ) -> int:
+        """Post a message; with `files`, as Discord's multipart upload with real attachments."""
+        path = f"/channels/{channel_id}/messages"
+        if not files:
+            created = await self.request("POST", path, credential, json=payload)
+            return int(created["id"])
+
+        def form() -> aiohttp.FormData:
+            body = aiohttp.FormData()
+            attachments = [{"id": n, "filename": f.filename} for n, f in enumerate(files)]
+            body.add_field(
+                "payload_json",
+                json_module.dumps({**payload, "attachments": attachments}),
+                content_type="application/json",
+            )
+            for n, file in enumerate(files):
+                body.add_field(
+                    f"files[{n}]", file.data, filename=file.filename, content_type=file.content_type
+                )
+            return body
+
+        created = await self.request("POST", path, credential, form=form)
         return int(created["id"])
+
+    async def archive_thread(self, thread_id: int, credential: Credential) -> None:
+        await self.request("PATCH", f"/channels/{thread_id}", credential, json={"archived": True})
 
     async def messages_after(
         self, channel_id: int, after: int, credential: Credential

@@ -11,11 +11,12 @@ from bot.listener import CozeMessage
 class Inbox:
     """The Coze messages of one request, in arrival order."""
 
-    __slots__ = ("channel_id", "prompt_ids", "queue")
+    __slots__ = ("channel_id", "posted", "prompt_ids", "queue")
 
     def __init__(self, channel_id: int) -> None:
         self.channel_id = channel_id
         self.prompt_ids: set[int] = set()
+        self.posted = False  # some prompt of this request reached Discord
         # None: the bridge is shutting down.
         self.queue: asyncio.Queue[ReplySnapshot | None] = asyncio.Queue()
 
@@ -33,13 +34,19 @@ class ReplyRouter:
 
     def add_prompt(self, inbox: Inbox, message_id: int) -> None:
         inbox.prompt_ids.add(message_id)
+        inbox.posted = True
         self._by_prompt[message_id] = inbox
 
     def retire_prompts(self, inbox: Inbox) -> None:
-        """Before the prompt is posted again: replies to the earlier posts no longer count."""
+        """Before posting again: replies to the earlier posts no longer count, queued or not."""
         for prompt_id in inbox.prompt_ids:
             self._by_prompt.pop(prompt_id, None)
         inbox.prompt_ids = set()
+        shutting_down = False
+        while not inbox.queue.empty():
+            shutting_down |= inbox.queue.get_nowait() is None
+        if shutting_down:
+            inbox.queue.put_nowait(None)
 
     def close(self, inbox: Inbox) -> None:
         if self._by_channel.get(inbox.channel_id) is inbox:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 from aiohttp import web
 
-from bot.backend import open_backend
+from bot.connect import open_backend
 from bot.interface import Backend
 from bridge_api.chat import chat_completions
-from bridge_api.info import get_model, healthz, list_models, readyz
-from bridge_api.keys import BACKEND, METRICS, SETTINGS
+from bridge_api.imagegen import image_generations
+from bridge_api.info import get_model, healthz, list_models, readyz, status
+from bridge_api.keys import BACKEND, HTTP_CLIENT, KEYS, METRICS, SETTINGS
 from bridge_api.metrics import Metrics, metrics_endpoint
 from bridge_api.middleware import add_common_headers, bridge_middleware
 from bridge_api.settings import Settings
@@ -26,12 +28,16 @@ def make_app(settings: Settings, port: int, *, backend: Backend | None = None) -
     app = web.Application(client_max_size=settings.api.max_body_bytes, middlewares=[bridge_middleware])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[KEYS] = tuple(key.get_secret_value().encode() for key in settings.accepted_keys())
     app.on_response_prepare.append(add_common_headers)
+    app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_backend_context(settings, port, backend))
     app.on_shutdown.append(_end_open_streams)
     # Some providers' clients call the routes without the /v1 prefix.
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
+        app.router.add_post(f"{prefix}/images/generations", image_generations)
+        app.router.add_get(f"{prefix}/status", status)
         app.router.add_get(f"{prefix}/models", list_models)
         app.router.add_get(f"{prefix}/models/{{model_id}}", get_model)
     app.router.add_get("/healthz", healthz)
@@ -54,12 +60,21 @@ def _backend_context(
             app[BACKEND] = given
             yield
             return
-        async with open_backend(settings.discord, settings.completion) as backend:
+        async with open_backend(settings) as backend:
             app[BACKEND] = backend
             log.info("bridge API on port %d, Discord at %s", port, settings.discord.api_base)
             yield
 
     return context
+
+
+async def _http_client(app: web.Application) -> AsyncIterator[None]:
+    # For images callers link to: no cookies kept between callers, and a bounded total time.
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+        app[HTTP_CLIENT] = session
+        yield
 
 
 def make_runner(app: web.Application) -> web.AppRunner:

@@ -14,11 +14,25 @@ from aiohttp import web
 from bot.interface import Backend, BridgeError, BridgeState, Finished, Idle, PromptRequest, TextDelta
 from bridge_api.chunks import DONE, PING, ChunkStream, completion_body, usage
 from bridge_api.errors import APIError, server_error
-from bridge_api.keys import BACKEND, FIRST_TOKEN, IN_BAND_ERROR, METRICS, MODEL, REQUEST_ID, SETTINGS, STARTED
+from bridge_api.images import load_images
+from bridge_api.keys import (
+    BACKEND,
+    FIRST_TOKEN,
+    HTTP_CLIENT,
+    IN_BAND_ERROR,
+    METRICS,
+    MODEL,
+    REQUEST_ID,
+    SETTINGS,
+    STARTED,
+)
+from bridge_api.routing import resolve_model
 from bridge_api.schemas import ChatRequest, parse_chat_request
 
 log = logging.getLogger(__name__)
 
+# Discord takes at most 10 attachments per message.
+MAX_IMAGES = 10
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -28,13 +42,41 @@ SSE_HEADERS = {
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    chat = parse_chat_request(await _read_json(request))
+    chat = parse_chat_request(await read_json(request))
     request[MODEL] = chat.model
+    route = resolve_model(request, chat.model)
     backend = request.app[BACKEND]
-    if chat.model not in backend.models:
+    require_ready(backend)
+    parts = chat.image_parts()
+    if len(parts) > MAX_IMAGES:
         raise APIError(
-            404, f"The model '{chat.model}' does not exist.", code="model_not_found", param="model"
+            400,
+            f"At most {MAX_IMAGES} images fit one Discord message.",
+            code="too_many_images",
+            param="messages",
         )
+    settings = request.app[SETTINGS].api
+    images = await load_images(
+        request.app[HTTP_CLIENT], [(param, url) for _, param, url in parts], settings.max_image_bytes
+    )
+    # The header is set on purpose for this bridge; `user` may be filled in by a front-end.
+    conversation = request.headers.get("X-Conversation-Id", "").strip() or chat.user or None
+    prompt = chat.prompt(
+        request[REQUEST_ID],
+        route=route,
+        conversation=conversation,
+        images=[(index, image) for (index, _, _), image in zip(parts, images, strict=True)],
+    )
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if chat.stream:
+        return await _stream(request, backend, chat, prompt, ChunkStream(completion_id, created, chat.model))
+    finished = await collect_reply(request, backend, prompt)
+    counts = usage(_prompt_text(prompt), finished.content)
+    return web.json_response(completion_body(completion_id, created, chat.model, finished, counts))
+
+
+def require_ready(backend: Backend) -> None:
     if backend.state is not BridgeState.READY:
         # Checked before any header goes out, so the client gets a real status and can retry.
         raise APIError(
@@ -43,17 +85,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             code="gateway_not_ready",
             headers={"Retry-After": "5"},
         )
-    prompt = chat.prompt(request[REQUEST_ID])
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    if chat.stream:
-        return await _stream(request, backend, chat, prompt, ChunkStream(completion_id, created, chat.model))
-    finished = await _collect(request, backend, prompt)
-    counts = usage(_prompt_text(prompt), finished.content)
-    return web.json_response(completion_body(completion_id, created, chat.model, finished, counts))
 
 
-async def _read_json(request: web.Request) -> object:
+async def read_json(request: web.Request) -> object:
     raw = await request.read()  # aiohttp raises 413 past client_max_size
     try:
         return json.loads(raw)
@@ -61,7 +95,8 @@ async def _read_json(request: web.Request) -> object:
         raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
 
 
-async def _collect(request: web.Request, backend: Backend, prompt: PromptRequest) -> Finished:
+async def collect_reply(request: web.Request, backend: Backend, prompt: PromptRequest) -> Finished:
+    """The whole reply at once (plain answers and image generation)."""
     heartbeat = 3600.0  # nobody to keep alive before the whole answer is there
     try:
         async with aclosing(backend.complete(prompt, heartbeat=heartbeat)) as events:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from bot.interface import (
     BridgeError,
@@ -95,3 +96,28 @@ class APIError(Exception):
 
 def server_error() -> APIError:
     return APIError(500, "The bridge failed unexpectedly; see its log.", code="server_error")
+
+
+def invalid_body(exc: ValidationError) -> APIError:
+    """A 400 naming the first bad field of a request body, in OpenAI's `param` style."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    param = _param(first["loc"])
+    return APIError(400, f"Invalid '{param}': {first['msg']}.", code="invalid_value", param=param)
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    # Drop pydantic's union branch names ("str", "list[...]", "ImageURL", and the part type
+    # right after a list index) from the path.
+    out = ""
+    after_index = False
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            after_index = True
+            continue
+        if not (
+            part in ("str", "ImageURL") or "[" in part or (after_index and part in ("text", "image_url"))
+        ):
+            out += f".{part}" if out else part
+        after_index = False
+    return out or "body"

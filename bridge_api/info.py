@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from aiohttp import web
 
 from bot.interface import BridgeState
 from bridge_api.errors import APIError
-from bridge_api.keys import BACKEND
+from bridge_api.keys import BACKEND, METRICS
+from bridge_api.routing import visible_models
 
 # OpenAI's model objects carry a creation time; ours is when the process started.
 STARTED = int(time.time())
@@ -19,13 +21,12 @@ def _model(model_id: str) -> dict[str, object]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    models = request.app[BACKEND].models
-    return web.json_response({"object": "list", "data": [_model(m) for m in models]})
+    return web.json_response({"object": "list", "data": [_model(name) for name in visible_models(request)]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     model_id = request.match_info["model_id"]
-    if model_id not in request.app[BACKEND].models:
+    if model_id not in visible_models(request):
         raise APIError(404, f"The model '{model_id}' does not exist.", code="model_not_found", param="model")
     return web.json_response(_model(model_id))
 
@@ -39,3 +40,33 @@ async def readyz(request: web.Request) -> web.Response:
     if state is BridgeState.READY:
         return web.json_response({"status": state.value})
     return web.json_response({"status": state.value}, status=503, headers={"Retry-After": "5"})
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment is not None else None
+
+
+async def status(request: web.Request) -> web.Response:
+    """GET /v1/status: the token pool, the models, the gateway and what is in flight."""
+    backend_status = request.app[BACKEND].status()
+    registry = request.app[METRICS].registry
+    body = {
+        "state": backend_status.state.value,
+        "open_streams": int(registry.get_sample_value("coze_bridge_open_streams") or 0),
+        "open_replies": backend_status.open_replies,
+        "tokens": [
+            {
+                "id": token.id,
+                "state": token.state,
+                "resting_until": _iso(token.resting_until),
+                "resting_models": {name: _iso(until) for name, until in token.resting_models.items()},
+                "requests_today": token.requests_today,
+            }
+            for token in backend_status.tokens
+        ],
+        "models": [
+            {"name": model.name, "resting_until": _iso(model.resting_until)}
+            for model in backend_status.models
+        ],
+    }
+    return web.json_response(body)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from bot.interface import Backend
 from bridge_api.settings import Settings
@@ -15,7 +15,13 @@ if TYPE_CHECKING:
 SETTINGS = web.AppKey("settings", Settings)
 BACKEND: web.AppKey[Backend] = web.AppKey("backend")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+# Every accepted API key, encoded once for constant-time comparison.
+KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("keys")
+# Fetches the images callers link to (and generated ones, for b64_json).
+HTTP_CLIENT = web.AppKey("http_client", ClientSession)
 REQUEST_ID = web.RequestKey("request_id", str)
+# The API key the caller presented, if any (per-model keys decide which models it may use).
+API_KEY = web.RequestKey("api_key", str)
 # The status of an error reported inside a stream that had already answered 200.
 IN_BAND_ERROR = web.RequestKey("in_band_error", int)
 STARTED = web.RequestKey("started", float)

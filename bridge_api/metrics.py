@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter as Counter_
+
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -44,6 +46,9 @@ class Metrics:
         self.gateway_state = Gauge(
             "coze_bridge_gateway_state", "1 for the bridge's current state", ["state"], registry=self.registry
         )
+        self.tokens = Gauge(
+            "coze_bridge_user_tokens", "User tokens by state", ["state"], registry=self.registry
+        )
         self.upstream_errors = Counter(
             "coze_bridge_upstream_errors",
             "Failures of Discord or Coze, by kind",
@@ -57,4 +62,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     current = request.app[BACKEND].state
     for state in BridgeState:
         metrics.gateway_state.labels(state.value).set(1 if state is current else 0)
+    states = Counter_(token.state for token in request.app[BACKEND].status().tokens)
+    for state_name in ("healthy", "resting", "invalid"):
+        metrics.tokens.labels(state_name).set(states[state_name])
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

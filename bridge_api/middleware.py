@@ -12,7 +12,17 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bridge_api.errors import APIError, server_error
-from bridge_api.keys import FIRST_TOKEN, IN_BAND_ERROR, METRICS, MODEL, REQUEST_ID, SETTINGS, STARTED
+from bridge_api.keys import (
+    API_KEY,
+    FIRST_TOKEN,
+    IN_BAND_ERROR,
+    KEYS,
+    METRICS,
+    MODEL,
+    REQUEST_ID,
+    SETTINGS,
+    STARTED,
+)
 
 log = logging.getLogger("coze_bridge.access")
 
@@ -95,18 +105,27 @@ def _allowed_origin(request: web.Request) -> str | None:
 
 
 def _check_key(request: web.Request) -> None:
-    keys = request.app[SETTINGS].api.keys
+    keys = request.app[KEYS]
+    presented = _presented_key(request)
+    if presented is not None:
+        request[API_KEY] = presented
     if not keys or request.path in OPEN_PATHS:
         return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    presented = given.strip().encode()
     # Compare against every key, in constant time, so timing tells nothing about any of them.
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(presented, key.get_secret_value().encode())
-    if scheme.lower() != "bearer" or not matched:
+        matched |= hmac.compare_digest((presented or "").encode(), key)
+    if not matched:
         raise APIError(
             401,
             "Invalid or missing API key. Send it as 'Authorization: Bearer <key>'.",
             code="invalid_api_key",
         )
+
+
+def _presented_key(request: web.Request) -> str | None:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and given.strip():
+        return given.strip()
+    # coze-discord-proxy's clients send their secret in this header.
+    return request.headers.get("proxy-secret", "").strip() or None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from bot.interface import ChatTurn, PromptRequest
-from bridge_api.errors import APIError
+from bot.interface import ChatTurn, ImageFile, PromptRequest
+from bridge_api.errors import APIError, invalid_body
 
 
 def _lenient_bool(value: Any) -> Any:
@@ -22,25 +23,34 @@ def _lenient_bool(value: Any) -> Any:
 LenientBool = Annotated[bool, BeforeValidator(_lenient_bool)]
 
 
-class _Lenient(BaseModel):
+class Lenient(BaseModel):
     # NextChat always sends temperature, top_p and penalties; we ignore what we cannot honour.
     model_config = ConfigDict(extra="ignore")
 
 
-class TextPart(_Lenient):
+class TextPart(Lenient):
     type: Literal["text"]
     text: str
 
 
-class ImagePart(_Lenient):
+class ImageURL(Lenient):
+    url: str = Field(min_length=1)
+
+
+class ImagePart(Lenient):
     type: Literal["image_url"]
-    image_url: Any = None
+    # OpenAI sends {"url": ...}; some clients send the URL as a bare string.
+    image_url: ImageURL | str
+
+    @property
+    def url(self) -> str:
+        return self.image_url if isinstance(self.image_url, str) else self.image_url.url
 
 
 Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class Message(_Lenient):
+class Message(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[Part] | None = None
 
@@ -50,11 +60,11 @@ class Message(_Lenient):
         return "\n".join(part.text for part in self.content if isinstance(part, TextPart))
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(Lenient):
     include_usage: LenientBool = False
 
 
-class ChatRequest(_Lenient):
+class ChatRequest(Lenient):
     model: str
     messages: list[Message] = Field(min_length=1)
     stream: LenientBool = False
@@ -65,19 +75,35 @@ class ChatRequest(_Lenient):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def prompt(self, request_id: str) -> PromptRequest:
+    def image_parts(self) -> list[tuple[int, str, str]]:
+        """(message index, param, url) of every image part, in order."""
+        found: list[tuple[int, str, str]] = []
         for index, message in enumerate(self.messages):
-            if not isinstance(message.content, list):
-                continue
-            if any(isinstance(part, ImagePart) for part in message.content):
-                raise APIError(
-                    400,
-                    "image_url parts are not supported yet; send text only.",
-                    code="unsupported_content",
-                    param=f"messages[{index}].content",
-                )
-        turns = tuple(ChatTurn(m.role, m.text()) for m in self.messages)
-        return PromptRequest(request_id=request_id, model=self.model, turns=turns)
+            if isinstance(message.content, list):
+                for position, part in enumerate(message.content):
+                    if isinstance(part, ImagePart):
+                        found.append((index, f"messages[{index}].content[{position}].image_url", part.url))
+        return found
+
+    def prompt(
+        self,
+        request_id: str,
+        *,
+        route: int,
+        conversation: str | None,
+        images: Sequence[tuple[int, ImageFile]] = (),
+    ) -> PromptRequest:
+        """The request for the backend; `images` are (message index, loaded image)."""
+        per_message: dict[int, list[ImageFile]] = {}
+        for index, image in images:
+            per_message.setdefault(index, []).append(image)
+        turns = tuple(
+            ChatTurn(m.role, m.text(), tuple(per_message.get(index, ())))
+            for index, m in enumerate(self.messages)
+        )
+        return PromptRequest(
+            request_id=request_id, model=self.model, turns=turns, route=route, conversation=conversation
+        )
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -86,21 +112,4 @@ def parse_chat_request(body: Any) -> ChatRequest:
     try:
         return ChatRequest.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        param = _param(first["loc"])
-        raise APIError(
-            400, f"Invalid '{param}': {first['msg']}.", code="invalid_value", param=param
-        ) from None
-
-
-def _param(loc: tuple[int | str, ...]) -> str:
-    # Drop pydantic's union branch names ("str", "list[...]", "text") from the path.
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("str", "text", "image_url") or "[" in part:
-            continue
-        else:
-            out += f".{part}" if out else part
-    return out or "body"
+        raise invalid_body(exc) from None

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from bot.config import DEFAULT_MODEL, CompletionSettings, DiscordSettings
-
-MODEL_NAME = DEFAULT_MODEL
+from bot.config import (
+    DEFAULT_MODEL,
+    AccountSettings,
+    CompletionSettings,
+    DiscordSettings,
+    ModelSettings,
+    StorageSettings,
+)
+from bridge_api.compat import BOT_CONFIG, CompatError, proxy_settings
 
 
 class ApiSettings(BaseModel):
@@ -26,6 +34,17 @@ class ApiSettings(BaseModel):
     ping_seconds: float = Field(default=5.0, gt=0)
     # NextChat drops an in-band error frame and shows "empty response": also send it as text.
     stream_errors_as_content: bool = False
+    # Images a caller sends (image_url parts) are fetched or decoded up to this size each.
+    max_image_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    # "error": an unknown model is 404 model_not_found; "first": the first model answers it.
+    unknown_model: Literal["error", "first"] = "error"
+
+
+class ImageSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # What POST /v1/images/generations puts before the caller's prompt.
+    instruction: str = "Draw an image: "
 
 
 class Settings(BaseSettings):
@@ -34,6 +53,32 @@ class Settings(BaseSettings):
     discord: DiscordSettings
     api: ApiSettings = Field(default_factory=ApiSettings)
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
+    accounts: AccountSettings = Field(default_factory=AccountSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
+    models: list[ModelSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_model_at_least(self) -> Settings:
+        if not self.models and (self.discord.coze_bot_id is None or self.discord.channel_id is None):
+            raise ValueError(
+                "set discord.coze_bot_id and discord.channel_id, or list the Coze bots in [[models]]"
+            )
+        return self
+
+    @property
+    def model_routes(self) -> list[ModelSettings]:
+        """The Coze bots served, in order; without [[models]], the one in [discord] as `coze`."""
+        if self.models:
+            return list(self.models)
+        bot_id, channel_id = self.discord.coze_bot_id, self.discord.channel_id
+        assert bot_id is not None  # the validator above guarantees both
+        assert channel_id is not None
+        return [ModelSettings(name=DEFAULT_MODEL, coze_bot_id=bot_id, channel_id=channel_id)]
+
+    def accepted_keys(self) -> list[SecretStr]:
+        """Every API key: the general ones and those of models restricted to their own keys."""
+        return [*self.api.keys, *(key for model in self.models for key in model.api_keys)]
 
     @classmethod
     def settings_customise_sources(
@@ -52,11 +97,21 @@ class ConfigError(Exception):
     """A bad configuration, described in one line that names the key and never its value."""
 
 
-def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    data: dict[str, Any] = {}
+def load_settings(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    bot_config: Path = BOT_CONFIG,
+    **overrides: Any,
+) -> Settings:
+    """Settings from, lowest first: coze-discord-proxy's names, the TOML file, `overrides`, BRIDGE_*."""
+    try:
+        data = proxy_settings(os.environ if environ is None else environ, bot_config)
+    except CompatError as exc:
+        raise ConfigError(f"config error: {exc}") from None
     if path is not None:
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            _merge(data, tomllib.loads(path.read_text(encoding="utf-8")))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:

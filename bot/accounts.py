@@ -1,0 +1,131 @@
+"""The user-token pool: who posts the next prompt, and who rests until Coze's quota resets (pure).
+
+Coze's quotas are per Discord user per Coze bot per day, so a daily-limit notice rests one
+token for one Coze bot; the creator-credits notice rests the Coze bot itself. Times are epoch
+seconds passed in by the caller; nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from bot.reset import ResetTime
+from bot.storage import TokenRow
+
+
+class TokenState(enum.Enum):
+    HEALTHY = "healthy"
+    RESTING = "resting"
+    INVALID = "invalid"
+
+
+def fingerprint(token: str) -> str:
+    """A stable id for a token that reveals nothing about it (stored and shown instead)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+@dataclass(eq=False)
+class Account:
+    label: str  # "user token #2": safe for logs
+    fingerprint: str
+    invalid: bool = False
+    rests: dict[int, float] = field(default_factory=dict)  # coze bot id -> resting until
+    day_start: float = 0.0
+    requests_today: int = 0
+
+    @property
+    def masked(self) -> str:
+        return f"{self.label} ({self.fingerprint[:8]})"
+
+    def resting_until(self, coze_bot_id: int, now: float) -> float | None:
+        until = self.rests.get(coze_bot_id)
+        return until if until is not None and until > now else None
+
+    def row(self) -> TokenRow:
+        return TokenRow(self.fingerprint, self.invalid, self.day_start, self.requests_today)
+
+
+class AccountPool:
+    def __init__(self, accounts: Sequence[Account], reset: ResetTime) -> None:
+        self.accounts = list(accounts)
+        self.reset = reset
+        self.model_rests: dict[int, float] = {}
+        self._next = 0
+
+    def restore(
+        self, rows: dict[str, TokenRow], rests: dict[tuple[str, int], float], model_rests: dict[int, float]
+    ) -> None:
+        """Take over what the store remembered from an earlier run."""
+        for account in self.accounts:
+            if (row := rows.get(account.fingerprint)) is not None:
+                account.invalid = row.invalid
+                account.day_start, account.requests_today = row.day_start, row.requests_today
+            account.rests = {bot: until for (fp, bot), until in rests.items() if fp == account.fingerprint}
+        self.model_rests = dict(model_rests)
+
+    def pick(
+        self, coze_bot_id: int, now: float, *, exclude: Iterable[Account] = (), advance: bool = True
+    ) -> Account | None:
+        """The next healthy account for this Coze bot, round-robin; None when all rest or are invalid.
+
+        `advance=False` only asks whether there is one, without taking a turn.
+        """
+        skipped = set(map(id, exclude))
+        count = len(self.accounts)
+        for offset in range(count):
+            account = self.accounts[(self._next + offset) % count]
+            if account.invalid or id(account) in skipped or account.resting_until(coze_bot_id, now):
+                continue
+            if advance:
+                self._next = (self._next + offset + 1) % count
+            return account
+        return None
+
+    def next_reset(self, now: float) -> float:
+        return self.reset.next_after(datetime.fromtimestamp(now, UTC)).timestamp()
+
+    def rest(self, account: Account, coze_bot_id: int, now: float) -> float:
+        until = self.next_reset(now)
+        account.rests[coze_bot_id] = until
+        return until
+
+    def rest_model(self, coze_bot_id: int, now: float) -> float:
+        until = self.next_reset(now)
+        self.model_rests[coze_bot_id] = until
+        return until
+
+    def model_resting_until(self, coze_bot_id: int, now: float) -> float | None:
+        until = self.model_rests.get(coze_bot_id)
+        return until if until is not None and until > now else None
+
+    def earliest_return(self, coze_bot_id: int, now: float) -> float | None:
+        """When the first resting account can post to this Coze bot again (None: none will)."""
+        times = [
+            until
+            for a in self.accounts
+            if not a.invalid and (until := a.resting_until(coze_bot_id, now)) is not None
+        ]
+        return min(times) if times else None
+
+    def count_request(self, account: Account, now: float) -> None:
+        today = self.reset.last_at_or_before(datetime.fromtimestamp(now, UTC)).timestamp()
+        if account.day_start != today:
+            account.day_start, account.requests_today = today, 0
+        account.requests_today += 1
+
+    def requests_today(self, account: Account, now: float) -> int:
+        today = self.reset.last_at_or_before(datetime.fromtimestamp(now, UTC)).timestamp()
+        return account.requests_today if account.day_start == today else 0
+
+    def state(self, account: Account, coze_bot_ids: Iterable[int], now: float) -> TokenState:
+        """Invalid; resting (for every Coze bot served); otherwise healthy."""
+        if account.invalid:
+            return TokenState.INVALID
+        bots = list(coze_bot_ids)
+        if bots and all(account.resting_until(bot, now) for bot in bots):
+            return TokenState.RESTING
+        return TokenState.HEALTHY

@@ -1,0 +1,112 @@
+"""Which thread continues a conversation, and what of it must still be posted.
+
+A request whose messages extend an earlier finished exchange (the same history, with the
+assistant's reply as it was returned) continues in that exchange's thread and posts only its
+new turns: Coze keeps the context of its thread. A caller may name the conversation instead.
+Keys are hashes of the history, so the database never holds the text itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from bot.interface import ChatTurn, PromptRequest
+from bot.storage import Store
+
+ROLES = {"developer": "system", "function": "tool"}
+
+
+def history_key(model: str, turns: Sequence[ChatTurn]) -> str:
+    """The key of a conversation so far; whitespace at either end of a turn does not matter."""
+    normal = [[ROLES.get(turn.role, turn.role), turn.content.strip()] for turn in turns]
+    return "h:" + _digest([model, normal])
+
+
+def named_key(model: str, conversation: str) -> str:
+    return "n:" + _digest([model, conversation])
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, ensure_ascii=False).encode()).hexdigest()
+
+
+def new_turns(turns: Sequence[ChatTurn]) -> int:
+    """Where the turns after the last assistant reply begin (what a continuation posts)."""
+    for index in range(len(turns) - 1, -1, -1):
+        if turns[index].role == "assistant":
+            return index + 1
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Where a request goes: an existing thread with only its new turns, or a new thread."""
+
+    thread_id: int | None
+    turns: tuple[ChatTurn, ...]
+    lock_key: str | None
+
+
+class Conversations:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def plan(self, request: PromptRequest, model: str) -> Plan:
+        if request.fresh:
+            return Plan(None, request.turns, None)
+        start = new_turns(request.turns)
+        key: str | None
+        if request.conversation is not None:
+            key = named_key(model, request.conversation)
+            thread_id = await self._store.find_conversation(key)
+        elif start:
+            thread_id = await self._store.find_conversation(history_key(model, request.turns[:start]))
+            key = f"t:{thread_id}" if thread_id is not None else None
+        else:
+            return Plan(None, request.turns, None)
+        if thread_id is None:
+            return Plan(None, request.turns, key)
+        return Plan(thread_id, request.turns[start:] or request.turns[-1:], key)
+
+    @asynccontextmanager
+    async def hold(self, key: str | None) -> AsyncIterator[None]:
+        """One prompt in flight per conversation: later requests wait their turn."""
+        if key is None:
+            yield
+            return
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    async def finished(
+        self, request: PromptRequest, model: str, thread_id: int, answer: str, now: float
+    ) -> None:
+        """Remember the exchange, so a request that extends it continues in its thread."""
+        if request.fresh:
+            return
+        await self._store.touch_thread(thread_id, now)
+        if request.conversation is not None:
+            await self._store.remember(named_key(model, request.conversation), thread_id, now)
+            return
+        history = (*request.turns, ChatTurn("assistant", answer))
+        await self._store.remember(history_key(model, history), thread_id, now)
+
+    async def forget(self, thread_id: int) -> None:
+        await self._store.forget_thread(thread_id)
+
+    async def started(self, thread_id: int, model: str, now: float) -> None:
+        await self._store.add_thread(thread_id, model, now)

@@ -1,0 +1,116 @@
+"""Following one Coze reply in a request's inbox: deltas, keep-alives, and its end.
+
+The completion detector decides when the reply is over; this loop feeds it and sleeps until
+its next deadline (or the heartbeat), in the request's own task, with no task per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from dataclasses import replace
+
+from bot.config import CompletionSettings
+from bot.continuation import Transcript
+from bot.coze_texts import Holdback, Trouble, classify
+from bot.detector import CompletionDetector, ReplySnapshot, Step
+from bot.interface import (
+    BridgeState,
+    CozeBusy,
+    CozeLimited,
+    Finished,
+    Idle,
+    ModelLimited,
+    ReplyEvent,
+    ReplyTimeout,
+    ServerShutdown,
+    TextDelta,
+    UpstreamError,
+)
+from bot.listener import Listener
+from bot.router import Inbox
+
+
+async def follow_reply(
+    inbox: Inbox,
+    client: Listener,
+    completion: CompletionSettings,
+    *,
+    heartbeat: float,
+    transcript: Transcript,
+    hide_ellipsis: bool,
+) -> AsyncGenerator[ReplyEvent, None]:
+    """Yield what the client may see of this reply, then its `Finished` (the part's own text).
+
+    Coze's trouble notices raise instead of finishing. `transcript` stitches this reply onto
+    earlier parts of the same answer; with `hide_ellipsis` a trailing ellipsis stays unseen.
+    """
+    loop = asyncio.get_running_loop()
+    detector = CompletionDetector(
+        started_at=loop.time(),
+        quiet_seconds=completion.quiet_seconds,
+        first_reply_timeout=completion.first_reply_timeout,
+        max_reply_seconds=completion.max_reply_seconds,
+    )
+    holdback = Holdback()
+    queue = inbox.queue
+    epoch = client.ready_epoch
+    while (deadline := detector.deadline) is not None:
+        if queue.empty():
+            gateway_up = client.bridge_state is BridgeState.READY
+            # While the gateway is away only the hard cap counts: silence proves nothing.
+            until = deadline if gateway_up else detector.hard_deadline
+            try:
+                async with asyncio.timeout(min(until - loop.time(), heartbeat)):
+                    snapshot = await queue.get()
+            except TimeoutError:
+                now = loop.time()
+                if client.ready_epoch != epoch:
+                    epoch = client.ready_epoch
+                    detector.touch(now)
+                    continue
+                if now < deadline or (not gateway_up and now < detector.hard_deadline):
+                    yield Idle()
+                    continue
+                steps = detector.tick(now)
+            else:
+                steps = _feed(detector, snapshot, loop.time())
+        else:
+            steps = _feed(detector, queue.get_nowait(), loop.time())
+        for step in steps:
+            if isinstance(step, TextDelta):
+                shown = transcript.shown(
+                    holdback.visible(detector.text), final=False, hide_ellipsis=hide_ellipsis
+                )
+                if text := transcript.delta(shown):
+                    yield TextDelta(text)
+            elif isinstance(step, Finished):
+                yield _checked(step)
+                return
+            else:
+                raise ReplyTimeout(
+                    f"the Coze bot did not answer within {completion.first_reply_timeout:g}s", posted=True
+                )
+
+
+def _feed(detector: CompletionDetector, snapshot: ReplySnapshot | None, now: float) -> list[Step]:
+    if snapshot is None:
+        raise ServerShutdown("the bridge is shutting down; send the request again", posted=True)
+    return detector.feed(snapshot, now)
+
+
+def _checked(finished: Finished) -> Finished:
+    """A finished reply, unless it is Coze's trouble notice: then the matching error."""
+    trouble = classify(finished.content)
+    notice = f"Coze: {finished.content.strip()}"
+    if trouble is Trouble.DAILY_LIMIT:
+        raise CozeLimited(notice, posted=True)
+    if trouble is Trouble.CREATOR_LIMIT:
+        raise ModelLimited(notice, posted=True)
+    if trouble is Trouble.BUSY:
+        raise CozeBusy(notice, posted=True)
+    if trouble is Trouble.UPSTREAM:
+        raise UpstreamError(notice, posted=True)
+    if trouble is Trouble.REFUSAL:
+        return replace(finished, reason="content_filter")
+    return finished

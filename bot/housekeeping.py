@@ -1,0 +1,66 @@
+"""Archiving the bridge's idle threads, and forgetting their conversations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from bot.rest import Credential, DiscordRest, RestError
+from bot.storage import Store
+
+log = logging.getLogger(__name__)
+
+# Threads are looked at this often, or four times per TTL when that is shorter.
+MAX_INTERVAL = 3600.0
+
+
+async def archive_idle_threads(
+    store: Store,
+    rest: DiscordRest,
+    credential: Credential,
+    *,
+    ttl_seconds: float,
+    now: float,
+    in_use: Callable[[], set[int]],
+) -> list[int]:
+    """Archive and forget the threads the bridge created that were idle past the TTL.
+
+    Only threads in the bridge's own table are touched; a thread with a reply in flight waits.
+    """
+    archived: list[int] = []
+    for thread_id in await store.idle_threads(now - ttl_seconds):
+        if thread_id in in_use():
+            continue
+        try:
+            await rest.archive_thread(thread_id, credential)
+        except RestError as exc:
+            # Gone already (deleted, or no access any more): forgetting it is all that is left.
+            if exc.status not in (403, 404):
+                log.warning("could not archive thread %s: %s", thread_id, exc)
+                continue
+        await store.forget_thread(thread_id)
+        archived.append(thread_id)
+    if archived:
+        log.info("archived %d idle thread(s)", len(archived))
+    return archived
+
+
+async def housekeeping_loop(
+    store: Store,
+    rest: DiscordRest,
+    credential: Credential,
+    *,
+    ttl_seconds: float,
+    in_use: Callable[[], set[int]],
+) -> None:
+    interval = min(MAX_INTERVAL, ttl_seconds / 4)
+    while True:
+        try:
+            await archive_idle_threads(
+                store, rest, credential, ttl_seconds=ttl_seconds, now=time.time(), in_use=in_use
+            )
+        except Exception:
+            log.exception("housekeeping failed; trying again in %.0fs", interval)
+        await asyncio.sleep(interval)

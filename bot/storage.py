@@ -1,0 +1,160 @@
+"""What survives a restart, in SQLite: threads, the conversation map, token and model rests.
+
+One aiosqlite connection; every write commits at once (WAL, so readers never block). The
+schema is versioned: `MIGRATIONS[n]` takes a database from version n to n + 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: threads the bridge created, conversations continuing in them, user-token health.
+    """
+    CREATE TABLE threads (
+        thread_id INTEGER PRIMARY KEY,
+        model TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_used REAL NOT NULL
+    );
+    CREATE INDEX threads_last_used ON threads (last_used);
+    CREATE TABLE conversations (
+        key TEXT PRIMARY KEY,
+        thread_id INTEGER NOT NULL REFERENCES threads (thread_id) ON DELETE CASCADE,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX conversations_thread ON conversations (thread_id);
+    CREATE TABLE tokens (
+        fingerprint TEXT PRIMARY KEY,
+        invalid INTEGER NOT NULL DEFAULT 0,
+        day_start REAL NOT NULL DEFAULT 0,
+        requests_today INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE token_rests (
+        fingerprint TEXT NOT NULL,
+        coze_bot_id INTEGER NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (fingerprint, coze_bot_id)
+    );
+    """,
+    # 2: a Coze bot whose owner ran out of credits rests as a whole.
+    """
+    CREATE TABLE model_rests (
+        coze_bot_id INTEGER PRIMARY KEY,
+        until REAL NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    fingerprint: str
+    invalid: bool
+    day_start: float
+    requests_today: int
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def schema_version(self) -> int:
+        async with self._db.execute("SELECT version FROM schema_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _migrate(self, target: int) -> None:
+        await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        version = await self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the database has schema {version}, newer than this bridge's {SCHEMA_VERSION}"
+            )
+        for step in range(version, target):
+            # executescript commits first; each step then records its own version in one transaction.
+            await self._db.executescript(
+                f"BEGIN; {MIGRATIONS[step]}; DELETE FROM schema_version;"
+                f"INSERT INTO schema_version VALUES ({step + 1}); COMMIT;"
+            )
+
+    # Threads and conversations.
+    async def add_thread(self, thread_id: int, model: str, now: float) -> None:
+        await self._write("INSERT OR REPLACE INTO threads VALUES (?, ?, ?, ?)", (thread_id, model, now, now))
+
+    async def touch_thread(self, thread_id: int, now: float) -> None:
+        await self._write("UPDATE threads SET last_used = ? WHERE thread_id = ?", (now, thread_id))
+
+    async def idle_threads(self, before: float) -> list[int]:
+        async with self._db.execute(
+            "SELECT thread_id FROM threads WHERE last_used < ? ORDER BY last_used", (before,)
+        ) as cursor:
+            return [int(row[0]) for row in await cursor.fetchall()]
+
+    async def forget_thread(self, thread_id: int) -> None:
+        await self._write("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
+
+    async def find_conversation(self, key: str) -> int | None:
+        async with self._db.execute("SELECT thread_id FROM conversations WHERE key = ?", (key,)) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else None
+
+    async def remember(self, key: str, thread_id: int, now: float) -> None:
+        await self._write("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?)", (key, thread_id, now))
+
+    async def count(self, table: str) -> int:
+        assert table in ("threads", "conversations", "tokens", "token_rests", "model_rests")
+        async with self._db.execute(f"SELECT count(*) FROM {table}") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    # Accounts.
+    async def tokens(self) -> dict[str, TokenRow]:
+        async with self._db.execute("SELECT * FROM tokens") as cursor:
+            rows = await cursor.fetchall()
+        return {row[0]: TokenRow(row[0], bool(row[1]), float(row[2]), int(row[3])) for row in rows}
+
+    async def save_token(self, row: TokenRow) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?)",
+            (row.fingerprint, int(row.invalid), row.day_start, row.requests_today),
+        )
+
+    async def token_rests(self) -> dict[tuple[str, int], float]:
+        async with self._db.execute("SELECT fingerprint, coze_bot_id, until FROM token_rests") as cursor:
+            return {(row[0], int(row[1])): float(row[2]) for row in await cursor.fetchall()}
+
+    async def rest_token(self, fingerprint: str, coze_bot_id: int, until: float) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO token_rests VALUES (?, ?, ?)", (fingerprint, coze_bot_id, until)
+        )
+
+    async def model_rests(self) -> dict[int, float]:
+        async with self._db.execute("SELECT coze_bot_id, until FROM model_rests") as cursor:
+            return {int(row[0]): float(row[1]) for row in await cursor.fetchall()}
+
+    async def rest_model(self, coze_bot_id: int, until: float) -> None:
+        await self._write("INSERT OR REPLACE INTO model_rests VALUES (?, ?)", (coze_bot_id, until))
+
+    async def _write(self, sql: str, params: tuple[object, ...]) -> None:
+        await self._db.execute(sql, params)
+        await self._db.commit()
+
+
+@asynccontextmanager
+async def open_store(path: Path, *, schema: int = SCHEMA_VERSION) -> AsyncIterator[Store]:
+    """Open (creating the file and its folder) and migrate to `schema`; tests pass an older one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with aiosqlite.connect(path) as db:
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        store = Store(db)
+        await store._migrate(schema)
+        yield store

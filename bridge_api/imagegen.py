@@ -1,0 +1,75 @@
+"""POST /v1/images/generations: a drawing prompt to a Coze bot, answered in OpenAI's images shape."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from typing import Literal
+
+from aiohttp import web
+from pydantic import Field, ValidationError
+
+from bot.interface import ChatTurn, PromptRequest
+from bridge_api.chat import collect_reply, read_json, require_ready
+from bridge_api.errors import APIError, invalid_body
+from bridge_api.images import ImageProblem, fetch
+from bridge_api.keys import BACKEND, HTTP_CLIENT, MODEL, REQUEST_ID, SETTINGS
+from bridge_api.routing import resolve_model, visible_models
+from bridge_api.schemas import Lenient
+
+# Coze sometimes writes the image into the text as a markdown link instead of an embed.
+MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
+
+
+class ImageRequest(Lenient):
+    prompt: str = Field(min_length=1, max_length=4000)
+    model: str | None = None
+    n: int = Field(default=1, ge=1, le=10)
+    response_format: Literal["url", "b64_json"] = "url"
+    # size, quality and style are accepted and left to the Coze bot.
+
+
+async def image_generations(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_body")
+    try:
+        ask = ImageRequest.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_body(exc) from None
+    names = visible_models(request)
+    name = ask.model or (names[0] if names else "")
+    request[MODEL] = name
+    route = resolve_model(request, name)
+    backend = request.app[BACKEND]
+    require_ready(backend)
+    instruction = request.app[SETTINGS].images.instruction
+    prompt = PromptRequest(
+        request_id=request[REQUEST_ID],
+        model=name,
+        turns=(ChatTurn("user", instruction + ask.prompt),),
+        route=route,
+        fresh=True,
+    )
+    finished = await collect_reply(request, backend, prompt)
+    urls = list(dict.fromkeys([*finished.images, *MARKDOWN_IMAGE.findall(finished.content)]))[: ask.n]
+    if not urls:
+        raise APIError(
+            502,
+            f"The Coze bot answered without an image: {finished.content[:300]!r}",
+            code="no_image",
+        )
+    if ask.response_format == "url":
+        data = [{"url": url, "revised_prompt": ask.prompt} for url in urls]
+    else:
+        data = [{"b64_json": await _b64(request, url), "revised_prompt": ask.prompt} for url in urls]
+    return web.json_response({"created": int(time.time()), "data": data})
+
+
+async def _b64(request: web.Request, url: str) -> str:
+    try:
+        raw = await fetch(request.app[HTTP_CLIENT], url, request.app[SETTINGS].api.max_image_bytes)
+    except ImageProblem as exc:
+        raise APIError(502, f"The generated image {exc}.", code="upstream_error") from None
+    return base64.b64encode(raw).decode()
