@@ -12,25 +12,29 @@ import argparse
 import asyncio
 import contextlib
 import json
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil
 from aiohttp import web
 
-from bot.backend import open_backend
+from bot.connect import open_backend
 from bridge_api.app import make_app, make_runner
 from bridge_api.settings import Settings, load_settings
 from simdiscord import PromptInfo, ReplyPlan, SimulatedDiscord
 
-DAILY = "You have exceeded the daily limit for sending messages to the bot. Please try again later."
+# A daily-limit notice would rest the posting token and move to the next one; the soak keeps
+# to faults that end one request each.
+REFUSAL = "I'm sorry, but I can't assist with that."
 BROKEN = "Something wrong occurs, please retry. If the error persists, please contact the support team."
 # Kind of fault by stream number modulo 9: a third of the streams get one.
-FAULTS = {0: ("daily", "rate_limit_exceeded"), 1: ("silent", "timeout"), 2: ("broken", "upstream_error")}
+FAULTS = {0: ("refused", "content_filter"), 1: ("silent", "timeout"), 2: ("broken", "upstream_error")}
 
 
 def expected_answer(nonce: str) -> str:
@@ -40,8 +44,8 @@ def expected_answer(nonce: str) -> str:
 def soak_script(prompt: PromptInfo) -> ReplyPlan:
     nonce = prompt.content.split()[-1]
     kind = FAULTS.get(int(nonce.removeprefix("s")) % 9, ("ok", ""))[0]
-    if kind == "daily":
-        return ReplyPlan(text=DAILY, chunk_chars=20, step_delay=0.02, marker=False)
+    if kind == "refused":
+        return ReplyPlan(text=REFUSAL, chunk_chars=20, step_delay=0.02, marker=False)
     if kind == "broken":
         return ReplyPlan(text=BROKEN, chunk_chars=20, step_delay=0.02, marker=False)
     if kind == "silent":
@@ -83,7 +87,9 @@ async def one_stream(http: aiohttp.ClientSession, url: str, number: int, result:
         result.problems.append(f"{nonce}: no [DONE]")
     elif kind == "ok" and (finish != "stop" or text != expected_answer(nonce)):
         result.problems.append(f"{nonce}: wrong answer {text[:60]!r} finish={finish} error={error}")
-    elif kind != "ok" and (error != code or text):
+    elif kind == "refused" and (finish != code or text != REFUSAL):
+        result.problems.append(f"{nonce}: expected a refusal, got {text[:40]!r} finish={finish} error={error}")
+    elif kind not in ("ok", "refused") and (error != code or text):
         result.problems.append(f"{nonce}: expected {code}, got error={error} text={text[:40]!r}")
 
 
@@ -107,16 +113,18 @@ async def run_soak(url: str, sim: SimulatedDiscord, streams: int) -> SoakResult:
     return result
 
 
-def soak_settings(sim: SimulatedDiscord) -> Settings:
+def soak_settings(sim: SimulatedDiscord, storage: Path) -> Settings:
     return load_settings(
+        environ={},
         discord=sim.discord_settings(),
+        storage={"path": str(storage / "bridge.db")},
         completion={"quiet_seconds": 2.0, "first_reply_timeout": 3.0, "max_reply_seconds": 30.0},
     )
 
 
 @contextlib.asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[str]:
-    async with open_backend(settings.discord, settings.completion) as backend:
+    async with open_backend(settings) as backend:
         async with asyncio.timeout(10):
             await backend.wait_ready()
         runner = make_runner(make_app(settings, 0, backend=backend))
@@ -129,8 +137,9 @@ async def serving(settings: Settings) -> AsyncIterator[str]:
 
 
 async def main_async(streams: int) -> SoakResult:
-    async with SimulatedDiscord() as sim, serving(soak_settings(sim)) as url:
-        result = await run_soak(url, sim, streams)
+    with tempfile.TemporaryDirectory() as storage:
+        async with SimulatedDiscord() as sim, serving(soak_settings(sim, Path(storage))) as url:
+            result = await run_soak(url, sim, streams)
     result.peak_rss_mb = psutil.Process().memory_info().rss / 2**20
     return result
 

@@ -18,6 +18,7 @@ import os
 import socket
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,8 @@ async def start_target(kind: str, sim: SimulatedDiscord, port: int) -> asyncio.s
             | {
                 "BRIDGE_API__PORT": str(port),
                 "BRIDGE_COMPLETION__QUIET_SECONDS": "5",
+                # A fresh database per run, as a first start on a VPS would have.
+                "BRIDGE_STORAGE__PATH": os.path.join(tempfile.mkdtemp(prefix="coze-bench-"), "bridge.db"),
             }
         )
     return await asyncio.create_subprocess_exec(

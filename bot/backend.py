@@ -202,13 +202,17 @@ class DiscordBackend:
         if self._pool.pick(model.coze_bot_id, now, advance=False) is None:
             raise self._all_resting(model, now, posted=False)
 
-    def _all_resting(self, model: ModelSettings, now: float, *, posted: bool) -> CozeLimited:
+    def _all_resting(
+        self, model: ModelSettings, now: float, *, posted: bool, notice: str | None = None
+    ) -> CozeLimited:
         until = self._pool.earliest_return(model.coze_bot_id, now)
+        lead = f"{notice} (" if notice else ""
+        tail = ")" if notice else ""
         if until is None:
-            return CozeLimited(f"no valid user token can post to '{model.name}'", posted=posted)
+            return CozeLimited(f"{lead}no valid user token can post to '{model.name}'{tail}", posted=posted)
         return CozeLimited(
-            f"every user token has used up today's Coze quota for '{model.name}' "
-            f"(the first is back at {_utc(until):%H:%M} UTC)",
+            f"{lead}every user token has used up today's Coze quota for '{model.name}'; "
+            f"the first is back at {_utc(until):%H:%M} UTC{tail}",
             posted=posted,
             retry_after=until - now,
         )
@@ -277,13 +281,14 @@ class DiscordBackend:
     ) -> AsyncGenerator[ReplyEvent, None]:
         """Post one prompt and follow its reply, moving to the next token when one is spent."""
         spent: list[Account] = []
+        notice: str | None = None
         busy = 0
         backoff = self._completion.busy_backoff_seconds
         while True:
             now = time.time()
             account = self._pool.pick(model.coze_bot_id, now, exclude=spent)
             if account is None:
-                raise self._all_resting(model, now, posted=inbox.posted)
+                raise self._all_resting(model, now, posted=inbox.posted, notice=notice)
             try:
                 await self._post(inbox, model, chunks, files, account)
                 async for event in follow_reply(
@@ -299,8 +304,9 @@ class DiscordBackend:
             except _InvalidToken:
                 spent.append(account)
                 continue
-            except CozeLimited:
+            except CozeLimited as exc:
                 # Nothing was streamed (notices are held back): the next token asks again.
+                notice = exc.message
                 until = self._pool.rest(account, model.coze_bot_id, now)
                 await self._store.rest_token(account.fingerprint, model.coze_bot_id, until)
                 log.warning(

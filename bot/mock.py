@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
-from bot.interface import BridgeState, PromptRequest, ReplyEvent
+from bot.config import ModelSettings
+from bot.interface import BackendStatus, BridgeState, PromptRequest, ReplyEvent
 
 Handler = Callable[[PromptRequest], AsyncIterator[ReplyEvent]]
 
@@ -21,8 +22,13 @@ class MockBackend:
     ) -> None:
         self.handler = handler
         self.state = state
-        self.models = tuple(models)
+        self.models = tuple(
+            ModelSettings(name=name, coze_bot_id=index + 1, channel_id=index + 1) for index, name in enumerate(models)
+        )
         self.requests: list[PromptRequest] = []
+
+    def status(self) -> BackendStatus:
+        return BackendStatus(self.state, 0, (), ())
 
     async def wait_ready(self) -> None:
         return None

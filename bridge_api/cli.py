@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,13 @@ async def _run(config: Path | None, api: dict[str, Any], *, demo: bool) -> int:
         return 0
     from simdiscord import SimulatedDiscord  # the simulation is only loaded for the demo
 
-    async with SimulatedDiscord(pace=1.0) as sim:
-        settings = load_settings(config, discord=sim.discord_settings(), api=api)
-        await serve(settings, demo=True)
+    # The simulation's ids are new each run: a demo keeps its database in a temporary folder.
+    with tempfile.TemporaryDirectory(prefix="coze-bridge-demo-") as storage:
+        async with SimulatedDiscord(pace=1.0) as sim:
+            settings = load_settings(
+                config, discord=sim.discord_settings(), api=api, storage={"path": f"{storage}/bridge.db"}
+            )
+            await serve(settings, demo=True)
     return 0
 
 

@@ -10,6 +10,13 @@ The default script answers from the prompt, and these words in a prompt pick awk
     sim:long       an answer over 2000 characters, in several messages
     sim:followups  two follow-up messages after the buttons
     sim:rewrite    the last edit rewrites earlier text (a link gets formatted)
+    sim:cutoff     a 4000-character answer cut off with an ellipsis; "continue" goes on
+    sim:image      an image embed (so does a prompt starting with "draw")
+    sim:attachment the image as an attachment instead
+
+Like the real one, it remembers each thread: a prompt sees the earlier prompts of its channel,
+and "continue" resumes a cut-off answer. Limits are set per user (`exhaust`) or per Coze bot
+(`creator_limit`); their notices come without buttons.
 """
 
 from __future__ import annotations
@@ -19,10 +26,31 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from simdiscord.world import Message, World
+from simdiscord.payloads import attachment_url
+from simdiscord.png import solid_png
+from simdiscord.world import Account, Message, World
 
 MESSAGE_LIMIT = 2000
 DEFAULT_SUGGESTIONS = ("Tell me more", "Can you give an example?", "What should I try next?")
+
+
+DAILY_LIMIT_TEXT = (
+    "You have exceeded the daily limit for sending messages to the bot. Please try again later."
+)
+CREATOR_LIMIT_TEXT = (
+    "The bot's usage is covered by the developer, but due to the developer's message credits "
+    "being exhausted, the bot is temporarily unavailable."
+)
+CUT_AT = 1900
+# How many words a continuation repeats from before the cut, as the real Coze tends to.
+REPEATED_WORDS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class SeenAttachment:
+    filename: str
+    content_type: str
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +60,9 @@ class PromptInfo:
     author_id: int
     author_is_bot: bool
     content: str  # with the mention of the Coze bot removed
+    bot_id: int = 0
+    attachments: tuple[SeenAttachment, ...] = ()
+    history: tuple[str, ...] = ()  # earlier prompts to this Coze bot in this channel
 
 
 @dataclass
@@ -46,6 +77,10 @@ class ReplyPlan:
     silent: bool = False
     # What the last edit shows instead of `text` (an edit that rewrites earlier text).
     final_text: str | None = None
+    images: int = 0  # generated images, shown as embeds
+    images_as_attachments: bool = False
+    # What "continue" in the same thread answers (set when `text` is cut off).
+    remainder: str | None = None
 
 
 Script = Callable[[PromptInfo], ReplyPlan]
@@ -56,8 +91,13 @@ def default_script(pace: float = 1.0) -> Script:
     def script(prompt: PromptInfo) -> ReplyPlan:
         asked = " ".join(prompt.content.split())
         shown = asked if len(asked) <= 120 else asked[:117] + "..."
-        text = (
-            f'You asked: "{shown}"\n\n'
+        text = f'You asked: "{shown}"\n\n'
+        if prompt.history:
+            text += f"(I remember {len(prompt.history)} earlier prompt(s) in this thread.)\n\n"
+        if prompt.attachments:
+            seen = ", ".join(f"{a.filename} ({a.size} bytes, {a.content_type})" for a in prompt.attachments)
+            text += f"I see {len(prompt.attachments)} image(s): {seen}.\n\n"
+        text += (
             "This answer comes from the simulated Coze bot. Like the real one in Discord, it "
             "replies to your prompt and streams by editing that reply with the full text so far; "
             "when it is done it adds a row of buttons with follow-up suggestions."
@@ -70,14 +110,32 @@ def default_script(pace: float = 1.0) -> Script:
         if "sim:long" in asked:
             plan.text = "\n".join(f"{n}. " + "A long answer keeps going. " * 6 for n in range(1, 41))
             plan.chunk_chars = 180
+        if "sim:cutoff" in asked:
+            whole = " ".join(f"Sentence {n} of a very long answer." for n in range(1, 121))
+            plan.text, plan.remainder = cut_off(whole)
+            plan.chunk_chars = 200
         if "sim:followups" in asked:
             plan.followups = ["Would you like a summary?", "Shall I go deeper?"]
         if "sim:rewrite" in asked:
             plan.text = text + " Read more at https://example.com/coze"
             plan.final_text = text + " Read more at <https://example.com/coze>"
+        if "sim:image" in asked or "sim:attachment" in asked or asked.lower().startswith("draw"):
+            plan.text = "Here is your picture."
+            plan.images = 1
+            plan.images_as_attachments = "sim:attachment" in asked
         return plan
 
     return script
+
+
+def cut_off(text: str) -> tuple[str, str | None]:
+    """What fits one reply (cut between words, with an ellipsis), and what "continue" says."""
+    if len(text) <= CUT_AT:
+        return text, None
+    cut = text.rfind(" ", 0, CUT_AT)
+    head, rest = text[:cut], text[cut + 1 :]
+    repeated = " ".join(head.split()[-REPEATED_WORDS:])
+    return head + "...", f"{repeated} {rest}"
 
 
 def split_answer(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
@@ -99,20 +157,29 @@ class CozeBot:
         self.ignores_bots = True
         self.prompts_received: list[PromptInfo] = []
         self.prompts_ignored: list[PromptInfo] = []
+        # (user id, Coze bot id or None for all): daily quota used up.
+        self.exhausted: set[tuple[int, int | None]] = set()
+        self.creator_limited: set[int] = set()
         self._emit = emit
         self._spawn = spawn
-        self._mention = re.compile(rf"<@!?{world.coze.id}>")
+        self._history: dict[tuple[int, int], list[str]] = {}
+        self._remainders: dict[tuple[int, int], str] = {}
+        self._pngs = 0
 
     def on_message(self, message: Message) -> None:
-        coze = self.world.coze
-        if message.author.id == coze.id or coze not in message.mentions:
+        bot = next((b for b in self.world.coze_bots if b in message.mentions), None)
+        if bot is None or message.author.id in {b.id for b in self.world.coze_bots}:
             return
+        context = (message.channel_id, bot.id)
         prompt = PromptInfo(
             message_id=message.id,
             channel_id=message.channel_id,
             author_id=message.author.id,
             author_is_bot=message.author.bot,
-            content=self._mention.sub("", message.content).strip(),
+            content=re.sub(rf"<@!?{bot.id}>", "", message.content).strip(),
+            bot_id=bot.id,
+            attachments=tuple(SeenAttachment(a.filename, a.content_type, a.size) for a in message.attachments),
+            history=tuple(self._history.get(context, ())),
         )
         # Since early 2024 Coze-published bots ignore prompts written by bot accounts.
         if message.author.bot and self.ignores_bots:
@@ -120,44 +187,74 @@ class CozeBot:
             self.world.changed()
             return
         self.prompts_received.append(prompt)
+        self._history.setdefault(context, []).append(prompt.content)
         self.world.changed()
-        plan = self.script(prompt)
+        plan = self._plan(prompt, context)
         if not plan.silent:
-            self._spawn(self._reply(prompt, plan))
+            self._spawn(self._reply(prompt, plan, bot))
 
-    async def _reply(self, prompt: PromptInfo, plan: ReplyPlan) -> None:
+    def _plan(self, prompt: PromptInfo, context: tuple[int, int]) -> ReplyPlan:
+        fast = {"chunk_chars": 40, "step_delay": 0.002, "first_delay": 0.002, "marker": False}
+        if (prompt.author_id, None) in self.exhausted or (prompt.author_id, prompt.bot_id) in self.exhausted:
+            return ReplyPlan(text=DAILY_LIMIT_TEXT, **fast)  # type: ignore[arg-type]
+        if prompt.bot_id in self.creator_limited:
+            return ReplyPlan(text=CREATOR_LIMIT_TEXT, **fast)  # type: ignore[arg-type]
+        remainder = self._remainders.pop(context, None)
+        if remainder is not None and prompt.content.strip().lower() == "continue":
+            text, rest = cut_off(remainder)
+            plan = ReplyPlan(text=text, chunk_chars=200, step_delay=0.002, first_delay=0.002, remainder=rest)
+        else:
+            plan = self.script(prompt)
+        if plan.remainder is not None:
+            self._remainders[context] = plan.remainder
+        return plan
+
+    async def _reply(self, prompt: PromptInfo, plan: ReplyPlan, bot: Account) -> None:
         await asyncio.sleep(plan.first_delay)
         parts = split_answer(plan.text)
         last_message: Message | None = None
         for index, part in enumerate(parts):
-            last_message = await self._stream_part(prompt, plan, part)
+            last_message = await self._stream_part(prompt, plan, part, bot)
             if index < len(parts) - 1:
                 await asyncio.sleep(plan.step_delay)
         assert last_message is not None
         if plan.final_text is not None:
             last_message.content = split_answer(plan.final_text)[-1]
             await self._edit(last_message)
+        if plan.images:
+            self._add_images(last_message, plan)
+            await self._edit(last_message)
         if plan.marker:
             last_message.components = [_button_row(plan.suggestions, last_message.id)]
             await self._edit(last_message)
         for text in plan.followups:
             await asyncio.sleep(plan.step_delay)
-            await self._create(prompt, text)
+            await self._create(prompt, text, bot)
 
-    async def _stream_part(self, prompt: PromptInfo, plan: ReplyPlan, part: str) -> Message:
+    def _add_images(self, message: Message, plan: ReplyPlan) -> None:
+        for _ in range(plan.images):
+            self._pngs += 1
+            colour = (40 * self._pngs % 256, 90, 160)
+            item = self.world.add_attachment(f"picture{self._pngs}.png", "image/png", solid_png(8, 8, colour))
+            if plan.images_as_attachments:
+                message.attachments.append(item)
+            else:
+                message.embed_images.append(attachment_url(self.world, message.channel_id, item))
+
+    async def _stream_part(self, prompt: PromptInfo, plan: ReplyPlan, part: str, bot: Account) -> Message:
         step = max(1, plan.chunk_chars)
-        message = await self._create(prompt, part[:step])
+        message = await self._create(prompt, part[:step], bot)
         for end in range(2 * step, len(part) + step, step):
             await asyncio.sleep(plan.step_delay)
             message.content = part[:end]
             await self._edit(message)
         return message
 
-    async def _create(self, prompt: PromptInfo, content: str) -> Message:
+    async def _create(self, prompt: PromptInfo, content: str, bot: Account) -> Message:
         message = Message(
             id=self.world.ids.next(),
             channel_id=prompt.channel_id,
-            author=self.world.coze,
+            author=bot,
             content=content,
             reference_id=prompt.message_id,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from simdiscord.world import DISCORD_EPOCH_MS, Account, Channel, Message, World
+from simdiscord.world import DISCORD_EPOCH_MS, Account, Attachment, Channel, Message, World
 
 ALL_PERMISSIONS = str((1 << 50) - 1)
 
@@ -139,8 +139,8 @@ def message(world: World, msg: Message, *, with_content: bool = True, nested: bo
         # Without the Message Content intent Discord blanks these for messages not mentioning the bot.
         "content": msg.content if with_content else "",
         "components": msg.components if with_content else [],
-        "embeds": [],
-        "attachments": [],
+        "embeds": [_image_embed(url) for url in msg.embed_images] if with_content else [],
+        "attachments": [attachment(world, msg.channel_id, a) for a in msg.attachments] if with_content else [],
         "timestamp": timestamp(msg.id),
         "edited_timestamp": datetime.now(UTC).isoformat() if msg.edited else None,
         "tts": False,
@@ -163,6 +163,26 @@ def message(world: World, msg: Message, *, with_content: bool = True, nested: bo
         if nested and referenced is not None:
             data["referenced_message"] = message(world, referenced, with_content=with_content, nested=False)
     return data
+
+
+def attachment_url(world: World, channel_id: int, item: Attachment) -> str:
+    return f"{world.cdn_base}/attachments/{channel_id}/{item.id}/{item.filename}"
+
+
+def attachment(world: World, channel_id: int, item: Attachment) -> dict[str, Any]:
+    url = attachment_url(world, channel_id, item)
+    return {
+        "id": str(item.id),
+        "filename": item.filename,
+        "size": item.size,
+        "url": url,
+        "proxy_url": url,
+        "content_type": item.content_type,
+    }
+
+
+def _image_embed(url: str) -> dict[str, Any]:
+    return {"type": "rich", "image": {"url": url, "proxy_url": url, "width": 64, "height": 64}}
 
 
 def application(world: World) -> dict[str, Any]:

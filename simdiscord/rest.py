@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from simdiscord import payloads
-from simdiscord.world import Account, Message, World
+from simdiscord.world import Account, Attachment, Message, World
 
 MESSAGE_LIMIT = 2000
+MAX_ATTACHMENTS = 10
 USER_MENTION = re.compile(r"<@!?(\d+)>")
 ACCOUNT = web.RequestKey("account", Account)
 
@@ -68,6 +69,7 @@ class Rest:
             app.router.add_post(f"{base}/channels/{{channel_id}}/messages", self.create_message)
             app.router.add_get(f"{base}/channels/{{channel_id}}/messages", self.list_messages)
             app.router.add_get(f"{base}/channels/{{channel_id}}/messages/{{message_id}}", self.get_message)
+        app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self.get_attachment)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -154,10 +156,17 @@ class Rest:
         channel = self.world.channels.get(int(request.match_info["channel_id"]))
         if channel is None:
             return error(404, "Unknown Channel", 10003)
-        body = await request.json()
+        if request[ACCOUNT].id in self.world.unverified:
+            return error(403, "You need to verify your account in order to perform this action.", 40002)
+        if request.content_type == "multipart/form-data":
+            body, files = await self._multipart(request)
+        else:
+            body, files = await request.json(), []
         content = str(body.get("content") or "")
-        if not content.strip():
+        if not content.strip() and not files:
             return error(400, "Cannot send an empty message", 50006)
+        if len(files) > MAX_ATTACHMENTS:
+            return error(400, "Invalid Form Body: too many attachments", 50035)
         if len(content) > MESSAGE_LIMIT:
             return error(400, "Invalid Form Body: content must be 2000 or fewer in length.", 50035)
         if channel.archived:
@@ -170,10 +179,33 @@ class Rest:
             content=content,
             mentions=self._mentions(content, body.get("allowed_mentions")),
             reference_id=int(reference) if reference else None,
+            attachments=files,
         )
         self.world.add_message(message)
         await self._on_message(message)
         return reply(payloads.message(self.world, message))
+
+    async def _multipart(self, request: web.Request) -> tuple[dict[str, Any], list[Attachment]]:
+        """Discord's upload form: payload_json, then files[n] parts."""
+        body: dict[str, Any] = {}
+        files: list[Attachment] = []
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "payload_json":
+                body = json.loads(await part.text())
+            elif part.name and part.name.startswith("files["):
+                data = await part.read()
+                kind = part.headers.get("Content-Type", "application/octet-stream")
+                files.append(self.world.add_attachment(part.filename or "file", kind, bytes(data)))
+        return body, files
+
+    async def get_attachment(self, request: web.Request) -> web.Response:
+        item = self.world.attachments.get(int(request.match_info["attachment_id"]))
+        if item is None or item.filename != request.match_info["filename"]:
+            return error(404, "Not Found")
+        return web.Response(body=item.data, headers={"Content-Type": item.content_type})
 
     def _mentions(self, content: str, allowed: dict[str, Any] | None) -> list[Account]:
         mentioned = [

@@ -13,7 +13,7 @@ from simdiscord import payloads
 from simdiscord.coze import CozeBot, PromptInfo, Script, default_script
 from simdiscord.gateway import Gateway
 from simdiscord.rest import Rest
-from simdiscord.world import Message, World
+from simdiscord.world import Account, Message, World
 
 
 class SimulatedDiscord:
@@ -41,13 +41,15 @@ class SimulatedDiscord:
         self._port = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        app = web.Application(middlewares=[self.rest.middleware])
+        # Uploads of up to 10 attachments of several MiB each.
+        app = web.Application(middlewares=[self.rest.middleware], client_max_size=64 * 1024 * 1024)
         self.rest.routes(app)
         app.router.add_get("/gateway", self.gateway.handle)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
         self._host, self._port = host, self._runner.addresses[0][1]
+        self.world.cdn_base = f"http://{self._host}:{self._port}"
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -123,6 +125,39 @@ class SimulatedDiscord:
     def coze_ignores_bots(self, value: bool) -> None:
         self.coze.ignores_bots = value
 
+    # More of the world.
+    def add_coze_bot(self, name: str) -> int:
+        """Another Coze-published bot in the guild; returns its user id."""
+        return self.world.add_coze_bot(name).id
+
+    def add_channel(self, name: str) -> int:
+        """Another text channel in the guild (before the bridge connects); returns its id."""
+        return self.world.add_channel(name, type=0).id
+
+    def account(self, token: str) -> Account:
+        return self.world.by_token(token)
+
+    # Limits and refusals, per account.
+    def exhaust(self, token: str, coze_bot_id: int | None = None) -> None:
+        """This user's daily quota is used up (for one Coze bot, or all): Coze says so."""
+        self.coze.exhausted.add((self.account(token).id, coze_bot_id))
+
+    def creator_limit(self, coze_bot_id: int) -> None:
+        """The Coze bot's owner is out of credits: every prompt gets that notice."""
+        self.coze.creator_limited.add(coze_bot_id)
+
+    def revoke_token(self, token: str) -> None:
+        """Discord answers this user token with 401 from now on."""
+        self.world.revoked.add(self.account(token).id)
+
+    def require_verification(self, token: str) -> None:
+        """Discord refuses this user's messages with 403, code 40002."""
+        self.world.unverified.add(self.account(token).id)
+
+    def prompts_by(self, token: str) -> list[PromptInfo]:
+        account_id = self.account(token).id
+        return [p for p in self.coze.prompts_received if p.author_id == account_id]
+
     # What happened.
     @property
     def messages(self) -> list[Message]:
@@ -155,7 +190,7 @@ class SimulatedDiscord:
         self.coze.on_message(message)
 
     async def _emit_message(self, kind: str, message: Message) -> None:
-        if self.on_send is not None and message.author is self.world.coze:
+        if self.on_send is not None and message.author in self.world.coze_bots:
             self.on_send(message.content)
         await self.gateway.dispatch(
             kind, lambda with_content: payloads.message(self.world, message, with_content=with_content)

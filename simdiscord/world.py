@@ -44,6 +44,18 @@ class Channel:
 
 
 @dataclass
+class Attachment:
+    id: int
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass
 class Message:
     id: int
     channel_id: int
@@ -53,6 +65,8 @@ class Message:
     reference_id: int | None = None
     components: list[dict[str, Any]] = field(default_factory=list)
     edited: bool = False
+    attachments: list[Attachment] = field(default_factory=list)
+    embed_images: list[str] = field(default_factory=list)  # URLs of image embeds
 
     @property
     def author_id(self) -> int:
@@ -64,17 +78,24 @@ class World:
 
     def __init__(self) -> None:
         self.ids = Snowflakes()
+        # Where attachments are served (the simulation's own HTTP address, set on start).
+        self.cdn_base = ""
         self.guild_id = self.ids.next()
         self.accounts: dict[int, Account] = {}
         self._by_token: dict[str, Account] = {}
         self.listener = self.add_account("bridge-listener", bot=True)
         self.coze = self.add_account("Coze Bot", bot=True)
+        self.coze_bots = [self.coze]
         self.users = [self.add_account(f"prompter{n}", bot=False) for n in range(1, 4)]
         self.human = self.add_account("someone", bot=False)
         self.channels: dict[int, Channel] = {}
         self.text_channel = self.add_channel("coze-chat", type=0)
         self.other_channel = self.add_channel("general", type=0)
         self.messages: dict[int, Message] = {}
+        self.attachments: dict[int, Attachment] = {}
+        # Discord's answers to a user token that cannot post: 401, or 403 code 40002.
+        self.revoked: set[int] = set()
+        self.unverified: set[int] = set()
         self._changed = asyncio.Event()
 
     def add_account(self, name: str, *, bot: bool) -> Account:
@@ -92,13 +113,26 @@ class World:
         self.channels[channel.id] = channel
         return channel
 
+    def add_coze_bot(self, name: str) -> Account:
+        account = self.add_account(name, bot=True)
+        self.coze_bots.append(account)
+        return account
+
+    def add_attachment(self, filename: str, content_type: str, data: bytes) -> Attachment:
+        attachment = Attachment(self.ids.next(), filename, content_type, data)
+        self.attachments[attachment.id] = attachment
+        return attachment
+
+    def by_token(self, token: str) -> Account:
+        return self._by_token[token]
+
     def authenticate(self, authorization: str) -> Account | None:
         # Bot accounts send "Bot <token>"; user accounts send the bare token.
         if authorization.startswith("Bot "):
             account = self._by_token.get(authorization[4:])
             return account if account and account.bot else None
         account = self._by_token.get(authorization)
-        return account if account and not account.bot else None
+        return account if account and not account.bot and account.id not in self.revoked else None
 
     def add_message(self, message: Message) -> None:
         self.messages[message.id] = message

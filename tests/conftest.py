@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,7 +14,8 @@ import openai
 import pytest
 from aiohttp import web
 
-from bot.backend import DiscordBackend, open_backend
+from bot.backend import DiscordBackend
+from bot.connect import open_backend
 from bridge_api.app import make_app, make_runner
 from bridge_api.settings import Settings, load_settings
 from simdiscord import SimulatedDiscord
@@ -32,10 +34,13 @@ async def sim() -> AsyncIterator[SimulatedDiscord]:
     discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = base, gateway
 
 
-def sim_settings(sim: SimulatedDiscord, **sections: dict[str, Any]) -> Settings:
+def sim_settings(sim: SimulatedDiscord, storage: Path, **sections: Any) -> Settings:
     discord_section = sim.discord_settings() | sections.pop("discord", {})
     completion = TEST_COMPLETION | sections.pop("completion", {})
-    return load_settings(discord=discord_section, completion=completion, **sections)
+    storage_section = {"path": str(storage / "bridge.db")} | sections.pop("storage", {})
+    return load_settings(
+        environ={}, discord=discord_section, completion=completion, storage=storage_section, **sections
+    )
 
 
 @dataclass
@@ -52,14 +57,17 @@ BridgeFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def start_bridge(sim: SimulatedDiscord) -> AsyncIterator[BridgeFactory]:
-    """Start the real bridge (discord.py + aiohttp) against the simulation; stop it at teardown."""
+async def start_bridge(sim: SimulatedDiscord, tmp_path: Path) -> AsyncIterator[BridgeFactory]:
+    """Start the real bridge (discord.py + aiohttp) against the simulation; stop it at teardown.
+
+    Bridges started in one test share their storage folder, as a restarted bridge would.
+    """
     runners: list[web.AppRunner] = []
     stacks: list[Any] = []
 
-    async def start(**sections: dict[str, Any]) -> Bridge:
-        settings = sim_settings(sim, **sections)
-        backend_cm = open_backend(settings.discord, settings.completion)
+    async def start(**sections: Any) -> Bridge:
+        settings = sim_settings(sim, tmp_path, **sections)
+        backend_cm = open_backend(settings)
         backend = await backend_cm.__aenter__()
         stacks.append(backend_cm)
         async with asyncio.timeout(10):

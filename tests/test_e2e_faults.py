@@ -145,12 +145,12 @@ async def test_silence_is_an_in_band_timeout_for_streams(
 
 
 @pytest.mark.parametrize(
-    "plan",
-    [notice(DAILY), notice(CREATOR), notice(BROKEN), ReplyPlan(text="", silent=True)],
+    ("plan", "prompts"),
+    [(notice(DAILY), 3), (notice(CREATOR), 1), (notice(BROKEN), 1), (ReplyPlan(text="", silent=True), 1)],
     ids=["daily-limit", "creator-limit", "upstream", "silent"],
 )
 async def test_sdk_default_retries_never_post_a_prompt_twice(
-    sim: SimulatedDiscord, start_bridge: BridgeFactory, plan: ReplyPlan
+    sim: SimulatedDiscord, start_bridge: BridgeFactory, plan: ReplyPlan, prompts: int
 ) -> None:
     bridge: Bridge = await start_bridge(completion={"first_reply_timeout": 0.3})
     sim.script = lambda prompt: plan
@@ -158,7 +158,10 @@ async def test_sdk_default_retries_never_post_a_prompt_twice(
     async with openai.AsyncOpenAI(base_url=bridge.base_url + "/v1", api_key="k") as client:
         with pytest.raises(openai.APIStatusError):
             await client.chat.completions.create(model="coze", messages=USER)
-    assert len(sim.prompts_received) == 1
+    # A daily-limit notice moves the prompt to the next token: each of the 3 asks once. The
+    # SDK's retries then find every token resting and post nothing.
+    assert len(sim.prompts_received) == prompts
+    assert len({prompt.author_id for prompt in sim.prompts_received}) == prompts
 
 
 async def test_sdk_retries_a_refused_post_before_anything_reached_discord(
@@ -186,13 +189,13 @@ async def read_metrics(bridge: Bridge) -> dict[tuple[str, tuple[tuple[str, str],
 
 
 async def test_metrics_show_faults_and_return_to_rest(sim: SimulatedDiscord, bridge: Bridge) -> None:
-    sim.script = lambda prompt: notice(DAILY)
-    await sse(bridge, {"model": "coze", "messages": USER})
     sim.fail_next("POST", "/channels/{channel_id}/messages", 500)
     async with bridge.http.post(
         f"{bridge.base_url}/v1/chat/completions", json={"model": "coze", "messages": USER}
     ):
         pass
+    sim.script = lambda prompt: notice(DAILY)
+    await sse(bridge, {"model": "coze", "messages": USER})
     metrics = await read_metrics(bridge)
     route = "/v1/chat/completions"
     assert metrics[("coze_bridge_requests_total", (("route", route), ("status", "429")))] == 1
