@@ -88,7 +88,9 @@ async def one_stream(http: aiohttp.ClientSession, url: str, number: int, result:
     elif kind == "ok" and (finish != "stop" or text != expected_answer(nonce)):
         result.problems.append(f"{nonce}: wrong answer {text[:60]!r} finish={finish} error={error}")
     elif kind == "refused" and (finish != code or text != REFUSAL):
-        result.problems.append(f"{nonce}: expected a refusal, got {text[:40]!r} finish={finish} error={error}")
+        result.problems.append(
+            f"{nonce}: expected a refusal, got {text[:40]!r} finish={finish} error={error}"
+        )
     elif kind not in ("ok", "refused") and (error != code or text):
         result.problems.append(f"{nonce}: expected {code}, got error={error} text={text[:40]!r}")
 

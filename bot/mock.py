@@ -23,7 +23,8 @@ class MockBackend:
         self.handler = handler
         self.state = state
         self.models = tuple(
-            ModelSettings(name=name, coze_bot_id=index + 1, channel_id=index + 1) for index, name in enumerate(models)
+            ModelSettings(name=name, coze_bot_id=index + 1, channel_id=index + 1)
+            for index, name in enumerate(models)
         )
         self.requests: list[PromptRequest] = []
 

@@ -178,7 +178,9 @@ class CozeBot:
             author_is_bot=message.author.bot,
             content=re.sub(rf"<@!?{bot.id}>", "", message.content).strip(),
             bot_id=bot.id,
-            attachments=tuple(SeenAttachment(a.filename, a.content_type, a.size) for a in message.attachments),
+            attachments=tuple(
+                SeenAttachment(a.filename, a.content_type, a.size) for a in message.attachments
+            ),
             history=tuple(self._history.get(context, ())),
         )
         # Since early 2024 Coze-published bots ignore prompts written by bot accounts.

@@ -140,7 +140,9 @@ def message(world: World, msg: Message, *, with_content: bool = True, nested: bo
         "content": msg.content if with_content else "",
         "components": msg.components if with_content else [],
         "embeds": [_image_embed(url) for url in msg.embed_images] if with_content else [],
-        "attachments": [attachment(world, msg.channel_id, a) for a in msg.attachments] if with_content else [],
+        "attachments": [attachment(world, msg.channel_id, a) for a in msg.attachments]
+        if with_content
+        else [],
         "timestamp": timestamp(msg.id),
         "edited_timestamp": datetime.now(UTC).isoformat() if msg.edited else None,
         "tts": False,

@@ -137,6 +137,7 @@ class Rest:
         body = await request.json()
         if "archived" in body and channel.type == 11:
             channel.archived = bool(body["archived"])
+            self.world.changed()
         await self._on_channel("THREAD_UPDATE", channel.id)
         return reply(payloads.channel(self.world, channel))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,10 @@ async def sim() -> AsyncIterator[SimulatedDiscord]:
     discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = base, gateway
 
 
-def sim_settings(sim: SimulatedDiscord, storage: Path, **sections: Any) -> Settings:
+def sim_settings(sim: SimulatedDiscord, folder: Path, **sections: Any) -> Settings:
     discord_section = sim.discord_settings() | sections.pop("discord", {})
     completion = TEST_COMPLETION | sections.pop("completion", {})
-    storage_section = {"path": str(storage / "bridge.db")} | sections.pop("storage", {})
+    storage_section = {"path": str(folder / "bridge.db")} | sections.pop("storage", {})
     return load_settings(
         environ={}, discord=discord_section, completion=completion, storage=storage_section, **sections
     )
@@ -48,9 +49,15 @@ class Bridge:
     base_url: str
     backend: DiscordBackend
     http: aiohttp.ClientSession
+    stack: contextlib.AsyncExitStack
 
     def openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key="unused", max_retries=0, **kwargs)
+        options = {"api_key": "unused", "max_retries": 0} | kwargs
+        return openai.AsyncOpenAI(base_url=self.base_url + "/v1", **options)
+
+    async def stop(self) -> None:
+        """Stop this bridge as a restart would (its storage stays)."""
+        await self.stack.aclose()
 
 
 BridgeFactory = Callable[..., Any]
@@ -61,35 +68,27 @@ async def start_bridge(sim: SimulatedDiscord, tmp_path: Path) -> AsyncIterator[B
     """Start the real bridge (discord.py + aiohttp) against the simulation; stop it at teardown.
 
     Bridges started in one test share their storage folder, as a restarted bridge would.
+    `settings=` replaces the sections built from the simulation.
     """
-    runners: list[web.AppRunner] = []
-    stacks: list[Any] = []
+    stacks: list[contextlib.AsyncExitStack] = []
 
-    async def start(**sections: Any) -> Bridge:
-        settings = sim_settings(sim, tmp_path, **sections)
-        backend_cm = open_backend(settings)
-        backend = await backend_cm.__aenter__()
-        stacks.append(backend_cm)
+    async def start(settings: Settings | None = None, **sections: Any) -> Bridge:
+        settings = settings or sim_settings(sim, tmp_path, **sections)
+        stack = contextlib.AsyncExitStack()
+        stacks.append(stack)
+        backend = await stack.enter_async_context(open_backend(settings))
         async with asyncio.timeout(10):
             await backend.wait_ready()
         runner = make_runner(make_app(settings, 0, backend=backend))
         await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        http = aiohttp.ClientSession()
-        stacks.append(http)
-        return Bridge(base_url=f"http://127.0.0.1:{port}", backend=backend, http=http)
+        stack.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        return Bridge(f"http://127.0.0.1:{runner.addresses[0][1]}", backend, http, stack)
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
     for stack in reversed(stacks):
-        if isinstance(stack, aiohttp.ClientSession):
-            await stack.close()
-        else:
-            await stack.__aexit__(None, None, None)
+        await stack.aclose()
 
 
 @pytest.fixture

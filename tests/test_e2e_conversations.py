@@ -1,0 +1,130 @@
+"""Conversations continue in their thread: only new turns are posted, across restarts too."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from simdiscord import ReplyPlan, SimulatedDiscord
+from tests.conftest import Bridge, BridgeFactory
+
+SYSTEM = {"role": "system", "content": "You are a terse assistant."}
+
+
+async def ask(bridge: Bridge, messages: list[dict[str, Any]], **extra: Any) -> str:
+    async with bridge.openai() as client:
+        response = await client.chat.completions.create(model="coze", messages=messages, **extra)  # type: ignore[arg-type]
+    return response.choices[0].message.content or ""
+
+
+def user_posts(sim: SimulatedDiscord) -> list[str]:
+    """Every message the bridge's user tokens posted, in order."""
+    users = {account.id for account in sim.world.users}
+    return [m.content for m in sim.messages if m.author_id in users]
+
+
+async def test_a_second_turn_posts_only_the_new_user_turn(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    first = [SYSTEM, {"role": "user", "content": "What is a thread?"}]
+    answer = await ask(bridge, first)
+    second = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "And a channel?"}]
+    reply = await ask(bridge, second)
+
+    one, two = sim.prompts_received
+    assert two.channel_id == one.channel_id, "the conversation continued in its thread"
+    assert two.content == "And a channel?"
+    assert "I remember 1 earlier prompt(s) in this thread" in reply
+    posts = user_posts(sim)
+    assert posts[1] == f"<@{sim.coze_bot_id}> And a channel?"
+    assert len(posts[1].encode()) < len(posts[0].encode())
+
+
+async def test_a_third_turn_continues_too_and_whitespace_does_not_matter(
+    sim: SimulatedDiscord, bridge: Bridge
+) -> None:
+    history: list[dict[str, Any]] = []
+    for question in ("one", "two", "three"):
+        history.append({"role": "user", "content": question})
+        answer = await ask(bridge, history)
+        # Clients often trim or re-wrap the reply they show; the match ignores the ends.
+        history.append({"role": "assistant", "content": f"  {answer}\n"})
+    assert len({p.channel_id for p in sim.prompts_received}) == 1
+    assert [p.content for p in sim.prompts_received] == ["one", "two", "three"]
+
+
+async def test_an_edited_history_starts_a_new_thread(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    first = [{"role": "user", "content": "Name a colour."}]
+    await ask(bridge, first)
+    edited = [*first, {"role": "assistant", "content": "Something I never said."}, {"role": "user", "content": "Why?"}]
+    await ask(bridge, edited)
+    one, two = sim.prompts_received
+    assert two.channel_id != one.channel_id
+    assert "Assistant: Something I never said." in two.content, "a new thread gets the whole history"
+
+
+async def test_a_named_conversation_header_wins_over_user(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    await ask(bridge, [{"role": "user", "content": "first"}], user="alice")
+    await ask(bridge, [{"role": "user", "content": "second"}], user="alice")
+    await ask(
+        bridge, [{"role": "user", "content": "third"}], user="alice", extra_headers={"X-Conversation-Id": "work"}
+    )
+    await ask(bridge, [{"role": "user", "content": "fourth"}], extra_headers={"X-Conversation-Id": "work"})
+    first, second, third, fourth = sim.prompts_received
+    assert second.channel_id == first.channel_id
+    assert third.channel_id != first.channel_id
+    assert fourth.channel_id == third.channel_id
+    assert fourth.content == "fourth"
+
+
+async def test_concurrent_requests_on_one_conversation_take_turns(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    sim.script = lambda prompt: ReplyPlan(text=f"answer to {prompt.content}", chunk_chars=3, step_delay=0.02)
+    header = {"X-Conversation-Id": "shared"}
+    await ask(bridge, [{"role": "user", "content": "warm up"}], extra_headers=header)
+    answers = await asyncio.gather(
+        ask(bridge, [{"role": "user", "content": "alpha"}], extra_headers=header),
+        ask(bridge, [{"role": "user", "content": "beta"}], extra_headers=header),
+    )
+    assert sorted(answers) == ["answer to alpha", "answer to beta"]
+    _, first, second = sim.prompts_received
+    assert first.channel_id == second.channel_id
+    # One prompt in flight per thread: the second went out after the first reply had finished.
+    first_reply = [m for m in sim.messages if m.reference_id == first.message_id]
+    assert first_reply
+    assert first_reply[-1].components, "the first reply was complete"
+    assert second.message_id > max(m.id for m in first_reply)
+
+
+async def test_the_conversation_map_survives_a_restart(sim: SimulatedDiscord, start_bridge: BridgeFactory) -> None:
+    bridge: Bridge = await start_bridge()
+    first = [{"role": "user", "content": "Remember me?"}]
+    answer = await ask(bridge, first)
+    await bridge.stop()
+
+    restarted: Bridge = await start_bridge()
+    await ask(restarted, [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Still?"}])
+    one, two = sim.prompts_received
+    assert two.channel_id == one.channel_id
+    assert two.content == "Still?"
+
+
+async def test_a_deleted_thread_is_replaced(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    first = [{"role": "user", "content": "hello"}]
+    answer = await ask(bridge, first)
+    del sim.world.channels[sim.prompts_received[0].channel_id]  # someone deleted the thread
+    await ask(bridge, [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "again"}])
+    one, two = sim.prompts_received
+    assert two.channel_id != one.channel_id
+    assert two.content.startswith("User: hello")
+
+
+async def test_idle_threads_are_archived_and_forgotten(sim: SimulatedDiscord, start_bridge: BridgeFactory) -> None:
+    # Someone else's thread in the same channel must never be touched.
+    other = sim.world.add_channel("not ours", type=11, parent_id=sim.channel_id, owner_id=sim.world.human.id)
+    bridge: Bridge = await start_bridge(storage={"thread_ttl_hours": 0.5 / 3600})
+    first = [{"role": "user", "content": "short-lived"}]
+    answer = await ask(bridge, first)
+    thread = sim.world.channels[sim.prompts_received[0].channel_id]
+    async with asyncio.timeout(10):
+        await sim.wait_for(lambda: thread.archived)
+    assert not other.archived
+    await ask(bridge, [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "later"}])
+    assert sim.prompts_received[1].channel_id != thread.id, "a forgotten conversation starts afresh"
