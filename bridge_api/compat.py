@@ -72,8 +72,10 @@ def _bot_config(path: Path) -> list[dict[str, Any]]:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return []
-    except (OSError, ValueError) as exc:
-        raise CompatError(f"cannot read {path}: {exc}") from None
+    except OSError as exc:
+        raise CompatError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CompatError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(entries, list):
         raise CompatError(f"{path} must hold a JSON list of bots")
     models: list[dict[str, Any]] = []
