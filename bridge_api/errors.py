@@ -100,7 +100,12 @@ def server_error() -> APIError:
 
 def invalid_body(exc: ValidationError) -> APIError:
     """A 400 naming the first bad field of a request body, in OpenAI's `param` style."""
-    first = exc.errors(include_url=False, include_input=False)[0]
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    if first["loc"] and first["loc"][-1] == "str":
+        # A union tried as a string first: the deepest error of the same field says more.
+        prefix = first["loc"][:-1]
+        first = max((e for e in errors if e["loc"][: len(prefix)] == prefix), key=lambda e: len(e["loc"]))
     param = _param(first["loc"])
     return APIError(400, f"Invalid '{param}': {first['msg']}.", code="invalid_value", param=param)
 

@@ -21,7 +21,7 @@ EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "imag
 FETCH_TIMEOUT = 15.0
 
 
-class ImageProblem(ValueError):
+class ImageProblem(Exception):
     """Why an image cannot be used, in words for the caller."""
 
 

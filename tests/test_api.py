@@ -266,7 +266,7 @@ async def test_client_disconnect_closes_the_backend_iterator(serve: Callable[...
         ({"model": "coze", "messages": USER, "stream": "maybe"}, "stream"),
         (
             {"model": "coze", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-            "messages[0].content",
+            "messages[0].content[0].image_url",
         ),
     ],
 )
