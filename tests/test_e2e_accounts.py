@@ -101,7 +101,9 @@ async def test_a_refused_token_is_marked_invalid_and_skipped(
     assert bad not in caplog.text
 
 
-async def test_creator_limit_rests_only_that_model(sim: SimulatedDiscord, start_bridge: BridgeFactory) -> None:
+async def test_creator_limit_rests_only_that_model(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
     other_bot = sim.add_coze_bot("Coze Two")
     other_channel = sim.add_channel("coze-two")
     models = [
@@ -120,7 +122,10 @@ async def test_creator_limit_rests_only_that_model(sim: SimulatedDiscord, start_
     assert (await post_chat(bridge, "coze-two"))[0] == 429
     assert len(sim.prompts_received) == before
     body = await status(bridge)
-    assert {m["name"]: m["resting_until"] is not None for m in body["models"]} == {"coze": False, "coze-two": True}
+    assert {m["name"]: m["resting_until"] is not None for m in body["models"]} == {
+        "coze": False,
+        "coze-two": True,
+    }
     assert {t["state"] for t in body["tokens"]} == {"healthy"}, "the tokens are not to blame"
 
 
@@ -159,6 +164,10 @@ def test_reset_time_of_day_in_a_zone() -> None:
     assert reset.next_after(now) == now + timedelta(minutes=30)
     assert reset.next_after(now + timedelta(minutes=30)) == now + timedelta(days=1, minutes=30)
     assert ResetTime.parse("00:00 +08:00").next_after(now) == datetime(2026, 3, 1, 16, 0, tzinfo=UTC)
-    for bad in ("24:00 UTC", "9 UTC", "00:00 Nowhere/Land"):
-        with pytest.raises(ValueError):
+    for bad, why in (
+        ("24:00 UTC", "not a time of day"),
+        ("9 UTC", "HH:MM"),
+        ("00:00 Nowhere/Land", "time zone"),
+    ):
+        with pytest.raises(ValueError, match=why):
             ResetTime.parse(bad)

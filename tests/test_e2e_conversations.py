@@ -54,7 +54,11 @@ async def test_a_third_turn_continues_too_and_whitespace_does_not_matter(
 async def test_an_edited_history_starts_a_new_thread(sim: SimulatedDiscord, bridge: Bridge) -> None:
     first = [{"role": "user", "content": "Name a colour."}]
     await ask(bridge, first)
-    edited = [*first, {"role": "assistant", "content": "Something I never said."}, {"role": "user", "content": "Why?"}]
+    edited = [
+        *first,
+        {"role": "assistant", "content": "Something I never said."},
+        {"role": "user", "content": "Why?"},
+    ]
     await ask(bridge, edited)
     one, two = sim.prompts_received
     assert two.channel_id != one.channel_id
@@ -65,7 +69,10 @@ async def test_a_named_conversation_header_wins_over_user(sim: SimulatedDiscord,
     await ask(bridge, [{"role": "user", "content": "first"}], user="alice")
     await ask(bridge, [{"role": "user", "content": "second"}], user="alice")
     await ask(
-        bridge, [{"role": "user", "content": "third"}], user="alice", extra_headers={"X-Conversation-Id": "work"}
+        bridge,
+        [{"role": "user", "content": "third"}],
+        user="alice",
+        extra_headers={"X-Conversation-Id": "work"},
     )
     await ask(bridge, [{"role": "user", "content": "fourth"}], extra_headers={"X-Conversation-Id": "work"})
     first, second, third, fourth = sim.prompts_received
@@ -75,7 +82,9 @@ async def test_a_named_conversation_header_wins_over_user(sim: SimulatedDiscord,
     assert fourth.content == "fourth"
 
 
-async def test_concurrent_requests_on_one_conversation_take_turns(sim: SimulatedDiscord, bridge: Bridge) -> None:
+async def test_concurrent_requests_on_one_conversation_take_turns(
+    sim: SimulatedDiscord, bridge: Bridge
+) -> None:
     sim.script = lambda prompt: ReplyPlan(text=f"answer to {prompt.content}", chunk_chars=3, step_delay=0.02)
     header = {"X-Conversation-Id": "shared"}
     await ask(bridge, [{"role": "user", "content": "warm up"}], extra_headers=header)
@@ -93,14 +102,18 @@ async def test_concurrent_requests_on_one_conversation_take_turns(sim: Simulated
     assert second.message_id > max(m.id for m in first_reply)
 
 
-async def test_the_conversation_map_survives_a_restart(sim: SimulatedDiscord, start_bridge: BridgeFactory) -> None:
+async def test_the_conversation_map_survives_a_restart(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
     bridge: Bridge = await start_bridge()
     first = [{"role": "user", "content": "Remember me?"}]
     answer = await ask(bridge, first)
     await bridge.stop()
 
     restarted: Bridge = await start_bridge()
-    await ask(restarted, [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Still?"}])
+    await ask(
+        restarted, [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Still?"}]
+    )
     one, two = sim.prompts_received
     assert two.channel_id == one.channel_id
     assert two.content == "Still?"
@@ -110,13 +123,17 @@ async def test_a_deleted_thread_is_replaced(sim: SimulatedDiscord, bridge: Bridg
     first = [{"role": "user", "content": "hello"}]
     answer = await ask(bridge, first)
     del sim.world.channels[sim.prompts_received[0].channel_id]  # someone deleted the thread
-    await ask(bridge, [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "again"}])
+    await ask(
+        bridge, [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "again"}]
+    )
     one, two = sim.prompts_received
     assert two.channel_id != one.channel_id
     assert two.content.startswith("User: hello")
 
 
-async def test_idle_threads_are_archived_and_forgotten(sim: SimulatedDiscord, start_bridge: BridgeFactory) -> None:
+async def test_idle_threads_are_archived_and_forgotten(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
     # Someone else's thread in the same channel must never be touched.
     other = sim.world.add_channel("not ours", type=11, parent_id=sim.channel_id, owner_id=sim.world.human.id)
     bridge: Bridge = await start_bridge(storage={"thread_ttl_hours": 0.5 / 3600})
@@ -126,5 +143,7 @@ async def test_idle_threads_are_archived_and_forgotten(sim: SimulatedDiscord, st
     async with asyncio.timeout(10):
         await sim.wait_for(lambda: thread.archived)
     assert not other.archived
-    await ask(bridge, [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "later"}])
+    await ask(
+        bridge, [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "later"}]
+    )
     assert sim.prompts_received[1].channel_id != thread.id, "a forgotten conversation starts afresh"

@@ -80,7 +80,10 @@ async def test_a_bad_image_is_400_naming_its_part(
 
 
 async def test_a_missing_image_url_is_400(sim: SimulatedDiscord, bridge: Bridge) -> None:
-    body = {"model": "coze", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
+    body = {
+        "model": "coze",
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+    }
     status, answer = await post_chat(bridge, body)
     assert status == 400
     assert answer["error"]["param"] == "messages[0].content[0].image_url.url"
@@ -94,7 +97,9 @@ async def test_a_missing_image_url_page_is_400(sim: SimulatedDiscord, bridge: Br
 
 
 @pytest.mark.parametrize("word", ["sim:image", "sim:attachment"])
-async def test_coze_images_come_back_as_markdown_once(sim: SimulatedDiscord, bridge: Bridge, word: str) -> None:
+async def test_coze_images_come_back_as_markdown_once(
+    sim: SimulatedDiscord, bridge: Bridge, word: str
+) -> None:
     async with bridge.http.post(
         f"{bridge.base_url}/v1/chat/completions",
         json={"model": "coze", "stream": True, "messages": [{"role": "user", "content": f"paint {word}"}]},
@@ -134,7 +139,9 @@ async def test_image_generation_as_b64_json(sim: SimulatedDiscord, bridge: Bridg
     assert base64.b64decode(image.b64_json) == item.data
 
 
-async def test_image_generation_without_an_image_is_502(sim: SimulatedDiscord, start_bridge: BridgeFactory) -> None:
+async def test_image_generation_without_an_image_is_502(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
     bridge: Bridge = await start_bridge(images={"instruction": "Describe: "})
     async with bridge.openai() as client:
         with pytest.raises(openai.APIStatusError) as failed:

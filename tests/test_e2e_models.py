@@ -25,7 +25,9 @@ def two_models(sim: SimulatedDiscord, **second: Any) -> tuple[list[dict[str, Any
     return models, bot, channel
 
 
-async def test_each_model_is_answered_by_its_own_bot(sim: SimulatedDiscord, start_bridge: BridgeFactory) -> None:
+async def test_each_model_is_answered_by_its_own_bot(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
     models, bot, channel = two_models(sim)
     bridge: Bridge = await start_bridge(models=models)
     async with bridge.openai() as client:
@@ -47,7 +49,9 @@ async def test_each_model_is_answered_by_its_own_bot(sim: SimulatedDiscord, star
     assert replies == {bot}
 
 
-async def test_a_model_with_keys_is_only_for_those_keys(sim: SimulatedDiscord, start_bridge: BridgeFactory) -> None:
+async def test_a_model_with_keys_is_only_for_those_keys(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
     models, _, _ = two_models(sim, api_keys=["sk-two"])
     bridge: Bridge = await start_bridge(models=models, api={"keys": ["sk-general"]})
     async with bridge.openai(api_key="sk-general") as general, bridge.openai(api_key="sk-two") as private:
@@ -81,7 +85,14 @@ async def test_coze_discord_proxy_settings_work_unchanged(
 ) -> None:
     bot, channel = sim.add_coze_bot("Coze Drawing"), sim.add_channel("drawing")
     bot_config = tmp_path / "bot_config.json"
-    entries = [{"proxySecret": "secret-draw", "cozeBotId": str(bot), "model": ["dall-e-3"], "channelId": str(channel)}]
+    entries = [
+        {
+            "proxySecret": "secret-draw",
+            "cozeBotId": str(bot),
+            "model": ["dall-e-3"],
+            "channelId": str(channel),
+        }
+    ]
     bot_config.write_text(json.dumps(entries))
     settings = load_settings(
         environ=proxy_environment(sim) | {"USER_AUTHORIZATION": sim.user_tokens[0]},
@@ -108,7 +119,7 @@ async def test_coze_discord_proxy_settings_work_unchanged(
 
 def test_our_own_names_win_over_the_aliases(sim: SimulatedDiscord, tmp_path: Path) -> None:
     config = tmp_path / "bridge.toml"
-    config.write_text('[discord]\ncoze_bot_id = 42\n[completion]\nmax_reply_seconds = 99\n')
+    config.write_text("[discord]\ncoze_bot_id = 42\n[completion]\nmax_reply_seconds = 99\n")
     settings = load_settings(config, environ=proxy_environment(sim), bot_config=tmp_path / "absent.json")
     assert settings.discord.coze_bot_id == 42
     assert settings.completion.max_reply_seconds == 99
@@ -119,7 +130,9 @@ def test_our_own_names_win_over_the_aliases(sim: SimulatedDiscord, tmp_path: Pat
 
 def test_without_aliases_an_unknown_model_is_an_error(tmp_path: Path) -> None:
     settings = load_settings(
-        environ={}, bot_config=tmp_path / "absent.json", discord={"bot_token": "t", "guild_id": 1, "coze_bot_id": 2, "channel_id": 3}
+        environ={},
+        bot_config=tmp_path / "absent.json",
+        discord={"bot_token": "t", "guild_id": 1, "coze_bot_id": 2, "channel_id": 3},
     )
     assert settings.api.unknown_model == "error"
     assert [m.name for m in settings.model_routes] == ["coze"]
@@ -141,7 +154,12 @@ def test_a_broken_bot_config_is_a_clear_config_error(tmp_path: Path, content: st
 
 
 def test_models_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    models = [{"name": "a", "coze_bot_id": 1, "channel_id": 2}, {"name": "b", "coze_bot_id": 3, "channel_id": 4}]
+    models = [
+        {"name": "a", "coze_bot_id": 1, "channel_id": 2},
+        {"name": "b", "coze_bot_id": 3, "channel_id": 4},
+    ]
     monkeypatch.setenv("BRIDGE_MODELS", json.dumps(models))
-    settings = load_settings(environ={}, bot_config=tmp_path / "absent.json", discord={"bot_token": "t", "guild_id": 1})
+    settings = load_settings(
+        environ={}, bot_config=tmp_path / "absent.json", discord={"bot_token": "t", "guild_id": 1}
+    )
     assert [(m.name, m.coze_bot_id) for m in settings.model_routes] == [("a", 1), ("b", 3)]
