@@ -163,3 +163,14 @@ def test_models_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch, tm
         environ={}, bot_config=tmp_path / "absent.json", discord={"bot_token": "t", "guild_id": 1}
     )
     assert [(m.name, m.coze_bot_id) for m in settings.model_routes] == [("a", 1), ("b", 3)]
+
+
+def test_the_example_config_loads_and_names_every_setting(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "config.example.toml"
+    settings = load_settings(example, environ={}, bot_config=tmp_path / "absent.json")
+    text = example.read_text()
+    for section in ("discord", "api", "completion", "accounts", "storage", "images"):
+        for key in type(getattr(settings, section)).model_fields:
+            assert f"{key} = " in text, f"{section}.{key} is not in config.example.toml"
+    for key in ("name", "coze_bot_id", "channel_id", "api_keys"):
+        assert f"# {key} = " in text
