@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from bot.config import ModelSettings
+from bot.interface import ModelStatus, TokenStatus
 from bot.reset import ResetTime
 from bot.storage import TokenRow
 
@@ -129,3 +131,38 @@ class AccountPool:
         if bots and all(account.resting_until(bot, now) for bot in bots):
             return TokenState.RESTING
         return TokenState.HEALTHY
+
+    def report(
+        self, models: Sequence[ModelSettings], now: float
+    ) -> tuple[tuple[TokenStatus, ...], tuple[ModelStatus, ...]]:
+        """What GET /v1/status shows: each token (masked) and each model's rest."""
+        bots = [model.coze_bot_id for model in models]
+        tokens = []
+        for account in self.accounts:
+            resting = {
+                model.name: _utc(until)
+                for model in models
+                if (until := account.resting_until(model.coze_bot_id, now)) is not None
+            }
+            state = self.state(account, bots, now)
+            tokens.append(
+                TokenStatus(
+                    id=account.masked,
+                    state=state.value,
+                    resting_until=min(resting.values()) if state is TokenState.RESTING else None,
+                    resting_models=resting,
+                    requests_today=self.requests_today(account, now),
+                )
+            )
+        rests = tuple(
+            ModelStatus(
+                model.name,
+                _utc(until) if (until := self.model_resting_until(model.coze_bot_id, now)) else None,
+            )
+            for model in models
+        )
+        return tuple(tokens), rests
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)

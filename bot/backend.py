@@ -26,13 +26,11 @@ from bot.interface import (
     Finished,
     ImageFile,
     ModelLimited,
-    ModelStatus,
     NotReady,
     PromptRequest,
     ReplyEvent,
     SendFailed,
     TextDelta,
-    TokenStatus,
 )
 from bot.listener import Listener, coze_message
 from bot.prompt import render_prompt, split_prompt
@@ -118,33 +116,8 @@ class DiscordBackend:
         await self._client.ready.wait()
 
     def status(self) -> BackendStatus:
-        now = time.time()
-        pool = self._pool
-        tokens = []
-        for account in pool.accounts:
-            resting = {
-                model.name: _utc(until)
-                for model in self._models
-                if (until := account.resting_until(model.coze_bot_id, now)) is not None
-            }
-            state = pool.state(account, self._coze_ids, now)
-            tokens.append(
-                TokenStatus(
-                    id=account.masked,
-                    state=state.value,
-                    resting_until=min(resting.values()) if resting and state.value == "resting" else None,
-                    resting_models=resting,
-                    requests_today=pool.requests_today(account, now),
-                )
-            )
-        models = tuple(
-            ModelStatus(
-                model.name,
-                _utc(until) if (until := pool.model_resting_until(model.coze_bot_id, now)) else None,
-            )
-            for model in self._models
-        )
-        return BackendStatus(self.state, self.open_replies, tuple(tokens), models)
+        tokens, models = self._pool.report(self._models, time.time())
+        return BackendStatus(self.state, self.open_replies, tokens, models)
 
     def resync(self) -> None:
         """After a new gateway session, fetch what open replies may have missed."""
