@@ -98,7 +98,6 @@ class Conversations:
         """Remember the exchange, so a request that extends it continues in its thread."""
         if request.fresh:
             return
-        await self._store.touch_thread(thread_id, now)
         if request.conversation is not None:
             await self._store.remember(named_key(model, request.conversation), thread_id, now)
             return

@@ -88,9 +88,6 @@ class Store:
     async def add_thread(self, thread_id: int, model: str, now: float) -> None:
         await self._write("INSERT OR REPLACE INTO threads VALUES (?, ?, ?, ?)", (thread_id, model, now, now))
 
-    async def touch_thread(self, thread_id: int, now: float) -> None:
-        await self._write("UPDATE threads SET last_used = ? WHERE thread_id = ?", (now, thread_id))
-
     async def idle_threads(self, before: float) -> list[int]:
         async with self._db.execute(
             "SELECT thread_id FROM threads WHERE last_used < ? ORDER BY last_used", (before,)
@@ -106,6 +103,8 @@ class Store:
         return int(row[0]) if row else None
 
     async def remember(self, key: str, thread_id: int, now: float) -> None:
+        """Map the conversation to its thread, and mark the thread used (one commit)."""
+        await self._db.execute("UPDATE threads SET last_used = ? WHERE thread_id = ?", (now, thread_id))
         await self._write("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?)", (key, thread_id, now))
 
     async def count(self, table: str) -> int:

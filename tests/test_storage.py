@@ -54,8 +54,7 @@ async def test_forgetting_a_thread_forgets_its_conversations(tmp_path: Path) -> 
         await store.add_thread(1, "coze", now=10.0)
         await store.add_thread(2, "coze", now=10.0)
         await store.remember("a", 1, now=10.0)
-        await store.remember("b", 2, now=10.0)
-        await store.touch_thread(2, now=50.0)
+        await store.remember("b", 2, now=50.0)  # remembering marks the thread used
         assert await store.idle_threads(before=20.0) == [1]
         await store.forget_thread(1)
         assert await store.find_conversation("a") is None
