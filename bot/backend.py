@@ -156,7 +156,8 @@ class DiscordBackend:
                 async for event in self._in_thread(request, model, plan, heartbeat):
                     yield event
             except _ThreadGone:
-                assert plan.thread_id is not None
+                if plan.thread_id is None:
+                    raise SendFailed("Discord lost the thread it had just created") from None
                 log.info("%s: thread %s is gone; starting a new one", request.request_id, plan.thread_id)
                 await conversations.forget(plan.thread_id)
                 async for event in self._in_thread(
@@ -196,8 +197,8 @@ class DiscordBackend:
         thread_id = plan.thread_id
         if thread_id is None:
             thread_id = await self._open_thread(model, request)
-            if not request.fresh:
-                await self._conversations.started(thread_id, model.name, time.time())
+            # Every thread the bridge creates is its own to archive once idle.
+            await self._conversations.started(thread_id, model.name, time.time())
         inbox = self._router.open(thread_id)
         try:
             async for event in self._answer(inbox, model, plan, heartbeat):
