@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,7 @@ class Round:
     streams: int
     requests: int = 0
     failures: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     wall: float = 0.0
     cpu: float = 0.0
@@ -49,6 +52,7 @@ class Round:
             "streams": self.streams,
             "requests": self.requests,
             "failures": self.failures,
+            "reasons": dict(self.reasons.most_common(5)),
             "deltas": len(self.latencies),
             "p50_ms": round(lat[len(lat) // 2] * 1000, 2),
             "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 2),
@@ -132,8 +136,11 @@ async def one_stream(http: aiohttp.ClientSession, url: str, nonce: str, log: Sen
     body = {"model": "coze", "stream": True, "messages": [{"role": "user", "content": f"bench {nonce}"}]}
     received = 0
     got_done = False
+    reason = "no [DONE]"
     try:
         async with http.post(url + "/v1/chat/completions", json=body) as resp:
+            if resp.status != 200:
+                reason = f"HTTP {resp.status}: {(await resp.text())[:120]}"
             async for line in resp.content:
                 now = time.perf_counter()
                 if not line.startswith(b"data: "):
@@ -142,6 +149,8 @@ async def one_stream(http: aiohttp.ClientSession, url: str, nonce: str, log: Sen
                     got_done = True
                     break
                 chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    reason = f"in-band error: {chunk['error'].get('message', '')[:120]}"
                 choices = chunk.get("choices") or [{}]
                 text = choices[0].get("delta", {}).get("content")
                 if text:
@@ -149,11 +158,12 @@ async def one_stream(http: aiohttp.ClientSession, url: str, nonce: str, log: Sen
                     sent_at = log.sent.get(nonce, {}).get(received)
                     if sent_at is not None:
                         result.latencies.append(now - sent_at)
-    except aiohttp.ClientError:
-        pass
+    except aiohttp.ClientError as exc:
+        reason = f"client error: {type(exc).__name__}"
     result.requests += 1
     if not got_done or received == 0:
         result.failures += 1
+        result.reasons[reason if not got_done or reason != "no [DONE]" else "no content"] += 1
 
 
 async def sample_rss(proc: psutil.Process, result: Round, stop: asyncio.Event) -> None:
@@ -194,7 +204,13 @@ async def run_round(kind: str, streams: int, repeats: int, edits: int, step: flo
                     for r in range(repeats):
                         await one_stream(http, url, f"n{w:04d}r{r:03d}"[:NONCE_CHARS], log, result)
 
-                await asyncio.gather(*(worker(w) for w in range(streams)))
+                # This process plays Discord and every client; its own collector's full passes
+                # (a third of a second at 1000 streams) would land in whichever target is measured.
+                gc.disable()
+                try:
+                    await asyncio.gather(*(worker(w) for w in range(streams)))
+                finally:
+                    gc.enable()
                 result.wall = time.perf_counter() - t0
                 result.cpu = sum(ps.cpu_times()[:2]) - cpu0
                 stop.set()
@@ -232,6 +248,7 @@ def _format(row: dict[str, Any]) -> str:
         f"{row['target']:>6} streams={row['streams']:<5} requests={row['requests']:<5} "
         f"failures={row['failures']:<3} delta latency p50={row['p50_ms']}ms p99={row['p99_ms']}ms "
         f"rps={row['rps']} cpu/request={row['cpu_ms_per_request']}ms peak_rss={row['peak_rss_mb']}MB"
+        + (f"\n        failures: {row['reasons']}" if row["reasons"] else "")
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from simdiscord import payloads
+from simdiscord.ratelimit import RateLimits
 from simdiscord.world import Account, Attachment, Message, World
 
 MESSAGE_LIMIT = 2000
@@ -35,6 +36,12 @@ def error(status: int, message: str, code: int = 0) -> web.Response:
     return reply({"message": message, "code": code}, status)
 
 
+def rate_limited(retry_after: float, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
+    # discord.py treats a 429 without a Via header as a Cloudflare ban.
+    return reply(body, 429, {"Retry-After": f"{retry_after:.3f}", "Via": "1.1 google", **(headers or {})})
+
+
 @dataclass
 class Fault:
     status: int
@@ -49,8 +56,10 @@ class Rest:
         gateway_url: Callable[[], str],
         on_message: Callable[[Message], Awaitable[None]],
         on_channel: Callable[[str, int], Awaitable[None]],
+        limits: RateLimits,
     ) -> None:
         self.world = world
+        self.limits = limits
         self._gateway_url = gateway_url
         self._on_message = on_message
         self._on_channel = on_channel
@@ -86,20 +95,23 @@ class Rest:
                 request.transport.abort()
                 return web.Response(status=499)
             if fault.status == 429:
-                # discord.py treats a 429 without a Via header as a Cloudflare ban.
-                body = {
-                    "message": "You are being rate limited.",
-                    "retry_after": fault.retry_after or 0.1,
-                    "global": False,
-                }
-                return reply(body, 429, {"Retry-After": str(fault.retry_after or 0.1), "Via": "1.1 google"})
+                return rate_limited(fault.retry_after or 0.1)
             return error(fault.status, "Simulated failure")
-        if not request.path.endswith("/gateway"):
-            account = self.world.authenticate(request.headers.get("Authorization", ""))
-            if account is None:
-                return error(401, "401: Unauthorized")
-            request[ACCOUNT] = account
-        return await handler(request)
+        if request.path.endswith("/gateway"):
+            return await handler(request)
+        token = request.headers.get("Authorization", "")
+        account = self.world.authenticate(token)
+        if account is None:
+            return error(401, "401: Unauthorized")
+        request[ACCOUNT] = account
+        verdict = self.limits.check(
+            token, f"{request.method} {route}", request.match_info.get("channel_id", "")
+        )
+        if not verdict.allowed:
+            return rate_limited(verdict.retry_after, verdict.headers)
+        response = await handler(request)
+        response.headers.update(verdict.headers)
+        return response
 
     def fail_next(
         self, method: str, route: str, status: int, *, times: int = 1, retry_after: float | None = None

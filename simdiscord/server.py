@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -12,6 +13,7 @@ from aiohttp import web
 from simdiscord import payloads
 from simdiscord.coze import CozeBot, PromptInfo, Script, default_script
 from simdiscord.gateway import Gateway
+from simdiscord.ratelimit import RateLimits
 from simdiscord.rest import Rest
 from simdiscord.world import Account, Message, World
 
@@ -33,6 +35,7 @@ class SimulatedDiscord:
             gateway_url=lambda: self.gateway_url,
             on_message=self._posted,
             on_channel=self._emit_channel,
+            limits=RateLimits(time.monotonic),
         )
         # Called with a Coze message's text whenever the gateway sends its create or edit (benchmarks).
         self.on_send: Callable[[str], None] | None = None
@@ -180,6 +183,15 @@ class SimulatedDiscord:
         self, method: str, route: str, status: int, *, times: int = 1, retry_after: float | None = None
     ) -> None:
         self.rest.fail_next(method, route, status, times=times, retry_after=retry_after)
+
+    def rate_limit(self, limit: int, *, window: float = 1.0) -> None:
+        """Allow `limit` calls per route, channel and token in each `window` seconds; 429 past it."""
+        self.rest.limits.limit, self.rest.limits.window = limit, window
+
+    @property
+    def rate_limited(self) -> int:
+        """How many calls were answered 429 for going past `rate_limit`."""
+        return self.rest.limits.refused
 
     async def drop_gateway(self, *, resumable: bool = True) -> None:
         await self.gateway.drop(resumable=resumable)

@@ -129,6 +129,26 @@ async def test_rate_limited_post_is_retried_after_retry_after(sim: SimulatedDisc
     assert len(sim.prompts_received) == 1
 
 
+async def test_discord_rate_limit_buckets_are_waited_out(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    """Threads in one channel (discord.py) and the parts of split prompts (our REST) share buckets."""
+    import asyncio
+
+    sim.script = lambda prompt: ReplyPlan(text=f"answer {prompt.content.split()[-1]}", step_delay=0.002)
+    sim.rate_limit(1, window=0.15)
+    filler = "A line of a prompt long enough to be split over several Discord messages. " * 60
+    async with bridge.openai() as client:
+        responses = await asyncio.gather(
+            *(
+                client.chat.completions.create(
+                    model="coze", messages=[{"role": "user", "content": f"{filler}\nq{i}"}]
+                )
+                for i in range(4)
+            )
+        )
+    assert [r.choices[0].message.content for r in responses] == [f"answer q{i}" for i in range(4)]
+    assert sim.rate_limited > 0, "the prompts' parts went past the bucket at least once"
+
+
 async def test_silence_is_an_in_band_timeout_for_streams(
     sim: SimulatedDiscord, start_bridge: BridgeFactory
 ) -> None:

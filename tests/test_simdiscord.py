@@ -149,3 +149,21 @@ async def test_discordpy_resumes_after_a_drop_and_the_reply_completes(
     assert text == answer
     assert sim.gateway.resumes == 1
     assert sim.gateway.identifies == 1
+
+
+def test_rate_limit_buckets_announce_and_enforce_their_limit() -> None:
+    from simdiscord.ratelimit import RateLimits
+
+    now = [100.0]
+    limits = RateLimits(lambda: now[0], limit=2, window=1.0)
+    first, second, third = (limits.check("t", "POST /channels/{channel_id}/threads", "1") for _ in range(3))
+    assert (first.allowed, second.allowed, third.allowed) == (True, True, False)
+    assert [v.headers["X-RateLimit-Remaining"] for v in (first, second, third)] == ["1", "0", "0"]
+    assert third.headers["X-RateLimit-Scope"] == "user" and third.retry_after == 1.0
+    # Another channel, another token or another route is another bucket.
+    assert limits.check("t", "POST /channels/{channel_id}/threads", "2").allowed
+    assert limits.check("u", "POST /channels/{channel_id}/threads", "1").allowed
+    assert limits.check("t", "POST /channels/{channel_id}/messages", "1").allowed
+    now[0] += 1.0
+    assert limits.check("t", "POST /channels/{channel_id}/threads", "1").allowed
+    assert limits.refused == 1
