@@ -159,7 +159,8 @@ def test_rate_limit_buckets_announce_and_enforce_their_limit() -> None:
     first, second, third = (limits.check("t", "POST /channels/{channel_id}/threads", "1") for _ in range(3))
     assert (first.allowed, second.allowed, third.allowed) == (True, True, False)
     assert [v.headers["X-RateLimit-Remaining"] for v in (first, second, third)] == ["1", "0", "0"]
-    assert third.headers["X-RateLimit-Scope"] == "user" and third.retry_after == 1.0
+    assert third.headers["X-RateLimit-Scope"] == "user"
+    assert third.retry_after == 1.0
     # Another channel, another token or another route is another bucket.
     assert limits.check("t", "POST /channels/{channel_id}/threads", "2").allowed
     assert limits.check("u", "POST /channels/{channel_id}/threads", "1").allowed
