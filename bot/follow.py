@@ -28,7 +28,7 @@ from bot.interface import (
     UpstreamError,
 )
 from bot.listener import Listener
-from bot.router import Inbox
+from bot.router import WAKE, Inbox, Wake
 
 
 async def follow_reply(
@@ -54,43 +54,79 @@ async def follow_reply(
     )
     holdback = Holdback()
     queue = inbox.queue
+    alarm = _Alarm(loop, queue)
     epoch = client.ready_epoch
-    while (deadline := detector.deadline) is not None:
-        if queue.empty():
-            gateway_up = client.bridge_state is BridgeState.READY
-            # While the gateway is away only the hard cap counts: silence proves nothing.
-            until = deadline if gateway_up else detector.hard_deadline
-            try:
-                async with asyncio.timeout(min(until - loop.time(), heartbeat)):
-                    snapshot = await queue.get()
-            except TimeoutError:
-                now = loop.time()
+    quiet_since = loop.time()  # the last event, or the last keep-alive
+    try:
+        while (deadline := detector.deadline) is not None:
+            if queue.empty():
+                # While the gateway is away only the hard cap counts: silence proves nothing.
+                gateway_up = client.bridge_state is BridgeState.READY
+                alarm.at(min(deadline if gateway_up else detector.hard_deadline, quiet_since + heartbeat))
+            item = await queue.get()
+            now = loop.time()
+            if isinstance(item, Wake):
                 if client.ready_epoch != epoch:
                     epoch = client.ready_epoch
                     detector.touch(now)
                     continue
-                if now < deadline or (not gateway_up and now < detector.hard_deadline):
-                    yield Idle()
-                    continue
+                gateway_up = client.bridge_state is BridgeState.READY
+                if now < (deadline if gateway_up else detector.hard_deadline):
+                    if now >= quiet_since + heartbeat:
+                        quiet_since = now
+                        yield Idle()
+                    continue  # or an alarm set for a deadline that has since moved on
                 steps = detector.tick(now)
             else:
-                steps = _feed(detector, snapshot, loop.time())
-        else:
-            steps = _feed(detector, queue.get_nowait(), loop.time())
-        for step in steps:
-            if isinstance(step, TextDelta):
-                shown = transcript.shown(
-                    holdback.visible(detector.text), final=False, hide_ellipsis=hide_ellipsis
-                )
-                if text := transcript.delta(shown):
-                    yield TextDelta(text)
-            elif isinstance(step, Finished):
-                yield _checked(step)
-                return
-            else:
-                raise ReplyTimeout(
-                    f"the Coze bot did not answer within {completion.first_reply_timeout:g}s", posted=True
-                )
+                quiet_since = now
+                steps = _feed(detector, item, now)
+            for step in steps:
+                if isinstance(step, TextDelta):
+                    shown = transcript.shown(
+                        holdback.visible(detector.text), final=False, hide_ellipsis=hide_ellipsis
+                    )
+                    if text := transcript.delta(shown):
+                        yield TextDelta(text)
+                elif isinstance(step, Finished):
+                    yield _checked(step)
+                    return
+                else:
+                    raise ReplyTimeout(
+                        f"the Coze bot did not answer within {completion.first_reply_timeout:g}s", posted=True
+                    )
+    finally:
+        alarm.cancel()
+
+
+class _Alarm:
+    """One timer per reply that wakes its reader, moved only when it must ring earlier.
+
+    A timeout around each wait would make and cancel a timer per Coze edit: at a thousand
+    open streams that churn is a measurable share of the loop.
+    """
+
+    __slots__ = ("_handle", "_loop", "_queue")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[ReplySnapshot | Wake | None]):
+        self._loop = loop
+        self._queue = queue
+        self._handle: asyncio.TimerHandle | None = None
+
+    def at(self, when: float) -> None:
+        if self._handle is not None:
+            if self._handle.when() <= when:
+                return  # it rings early; the reader looks at the clock and waits on
+            self._handle.cancel()
+        self._handle = self._loop.call_at(when, self._ring)
+
+    def _ring(self) -> None:
+        self._handle = None
+        self._queue.put_nowait(WAKE)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def _feed(detector: CompletionDetector, snapshot: ReplySnapshot | None, now: float) -> list[Step]:

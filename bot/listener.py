@@ -125,7 +125,9 @@ class Listener(discord.Client):
                 # A new session (RESUME was refused): events sent in the gap are gone for good.
                 self.on_resync()
             self._guild_seen = True
-        elif event in ("ready", "resumed"):
+        elif event == "resumed" or (event == "ready" and self.bridge_state is BridgeState.CONNECTING):
+            # discord.py sends "ready" ~2 s after its session's last GUILD_CREATE, even when that
+            # session has dropped meanwhile: it must not mark a gateway that is away as ready.
             self.set_state(BridgeState.READY)
         elif event == "disconnect" and self.bridge_state is BridgeState.READY:
             self.set_state(BridgeState.DEGRADED)

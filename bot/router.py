@@ -8,6 +8,15 @@ from bot.detector import ReplySnapshot
 from bot.listener import CozeMessage
 
 
+class Wake:
+    """What a reader's alarm puts in its inbox: time to look at the clock."""
+
+    __slots__ = ()
+
+
+WAKE = Wake()
+
+
 class Inbox:
     """The Coze messages of one request, in arrival order."""
 
@@ -18,7 +27,7 @@ class Inbox:
         self.prompt_ids: set[int] = set()
         self.posted = False  # some prompt of this request reached Discord
         # None: the bridge is shutting down.
-        self.queue: asyncio.Queue[ReplySnapshot | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[ReplySnapshot | Wake | None] = asyncio.Queue()
 
 
 class ReplyRouter:

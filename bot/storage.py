@@ -1,12 +1,16 @@
 """What survives a restart, in SQLite: threads, the conversation map, token and model rests.
 
-One aiosqlite connection; every write commits at once (WAL, so readers never block). The
-schema is versioned: `MIGRATIONS[n]` takes a database from version n to n + 1.
+One aiosqlite connection (WAL, so readers never block). A write returns once committed, but
+writes that arrive together share one commit: at a thousand open streams a commit each would
+cost more than the rest of the request. The schema is versioned: `MIGRATIONS[n]` takes a
+database from version n to n + 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +65,15 @@ class TokenRow:
     requests_today: int
 
 
+Statement = tuple[str, tuple[object, ...]]
+
+
 class Store:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        self._queued: list[tuple[tuple[Statement, ...], asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self.commits = 0
 
     async def schema_version(self) -> int:
         async with self._db.execute("SELECT version FROM schema_version") as cursor:
@@ -86,7 +96,9 @@ class Store:
 
     # Threads and conversations.
     async def add_thread(self, thread_id: int, model: str, now: float) -> None:
-        await self._write("INSERT OR REPLACE INTO threads VALUES (?, ?, ?, ?)", (thread_id, model, now, now))
+        await self._write(
+            ("INSERT OR REPLACE INTO threads VALUES (?, ?, ?, ?)", (thread_id, model, now, now))
+        )
 
     async def idle_threads(self, before: float) -> list[int]:
         async with self._db.execute(
@@ -95,7 +107,7 @@ class Store:
             return [int(row[0]) for row in await cursor.fetchall()]
 
     async def forget_thread(self, thread_id: int) -> None:
-        await self._write("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
+        await self._write(("DELETE FROM threads WHERE thread_id = ?", (thread_id,)))
 
     async def find_conversation(self, key: str) -> int | None:
         async with self._db.execute("SELECT thread_id FROM conversations WHERE key = ?", (key,)) as cursor:
@@ -103,9 +115,11 @@ class Store:
         return int(row[0]) if row else None
 
     async def remember(self, key: str, thread_id: int, now: float) -> None:
-        """Map the conversation to its thread, and mark the thread used (one commit)."""
-        await self._db.execute("UPDATE threads SET last_used = ? WHERE thread_id = ?", (now, thread_id))
-        await self._write("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?)", (key, thread_id, now))
+        """Map the conversation to its thread, and mark the thread used."""
+        await self._write(
+            ("UPDATE threads SET last_used = ? WHERE thread_id = ?", (now, thread_id)),
+            ("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?)", (key, thread_id, now)),
+        )
 
     async def count(self, table: str) -> int:
         assert table in ("threads", "conversations", "tokens", "token_rests", "model_rests")
@@ -121,8 +135,10 @@ class Store:
 
     async def save_token(self, row: TokenRow) -> None:
         await self._write(
-            "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?)",
-            (row.fingerprint, int(row.invalid), row.day_start, row.requests_today),
+            (
+                "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?)",
+                (row.fingerprint, int(row.invalid), row.day_start, row.requests_today),
+            )
         )
 
     async def token_rests(self) -> dict[tuple[str, int], float]:
@@ -131,7 +147,7 @@ class Store:
 
     async def rest_token(self, fingerprint: str, coze_bot_id: int, until: float) -> None:
         await self._write(
-            "INSERT OR REPLACE INTO token_rests VALUES (?, ?, ?)", (fingerprint, coze_bot_id, until)
+            ("INSERT OR REPLACE INTO token_rests VALUES (?, ?, ?)", (fingerprint, coze_bot_id, until))
         )
 
     async def model_rests(self) -> dict[int, float]:
@@ -139,11 +155,67 @@ class Store:
             return {int(row[0]): float(row[1]) for row in await cursor.fetchall()}
 
     async def rest_model(self, coze_bot_id: int, until: float) -> None:
-        await self._write("INSERT OR REPLACE INTO model_rests VALUES (?, ?)", (coze_bot_id, until))
+        await self._write(("INSERT OR REPLACE INTO model_rests VALUES (?, ?)", (coze_bot_id, until)))
 
-    async def _write(self, sql: str, params: tuple[object, ...]) -> None:
-        await self._db.execute(sql, params)
-        await self._db.commit()
+    async def _write(self, *statements: Statement) -> None:
+        """Run `statements` together and return once they are committed."""
+        committed = asyncio.get_running_loop().create_future()
+        self._queued.append((statements, committed))
+        if self._committer is None:
+            self._committer = asyncio.get_running_loop().create_task(self._commit_queued(), name="sqlite")
+        # A caller that gives up (its request was cancelled) still has its write committed.
+        await asyncio.shield(committed)
+
+    async def _commit_queued(self) -> None:
+        """Commit what is queued; what queues up meanwhile goes into the next commit."""
+        batch: list[tuple[tuple[Statement, ...], asyncio.Future[None]]] = []
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                outcomes = await self._run(statements for statements, _ in batch)
+                for (_, committed), outcome in zip(batch, outcomes, strict=True):
+                    if outcome is None:
+                        committed.set_result(None)
+                    else:
+                        committed.set_exception(outcome)
+        except BaseException as exc:
+            # The writers learn of it from their own futures; nothing is left waiting.
+            for _, committed in batch + self._queued:
+                if committed.done():
+                    continue
+                if isinstance(exc, Exception):
+                    committed.set_exception(exc)
+                else:
+                    committed.cancel()
+            self._queued = []
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._committer = None
+
+    async def _run(self, batch: Iterable[tuple[Statement, ...]]) -> list[sqlite3.Error | None]:
+        """Each write's statements, then one commit; a failed write does not spoil the others."""
+        outcomes: list[sqlite3.Error | None] = []
+        for statements in batch:
+            try:
+                for sql, params in statements:
+                    await self._db.execute(sql, params)
+            except sqlite3.Error as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        try:
+            await self._db.commit()
+            self.commits += 1
+        except sqlite3.Error as exc:
+            await self._db.rollback()
+            return [exc] * len(outcomes)
+        return outcomes
+
+    async def drain(self) -> None:
+        """Wait for every queued write (before closing the connection)."""
+        while self._committer is not None:
+            await asyncio.shield(self._committer)
 
 
 @asynccontextmanager
@@ -156,4 +228,7 @@ async def open_store(path: Path, *, schema: int = SCHEMA_VERSION) -> AsyncIterat
         await db.execute("PRAGMA foreign_keys = ON")
         store = Store(db)
         await store._migrate(schema)
-        yield store
+        try:
+            yield store
+        finally:
+            await store.drain()

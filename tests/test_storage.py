@@ -75,3 +75,46 @@ def test_new_turns_begin_after_the_last_assistant_reply() -> None:
     assert new_turns([ChatTurn("user", "a")]) == 0
     turns = [ChatTurn("user", "a"), ChatTurn("assistant", "b"), ChatTurn("user", "c"), ChatTurn("user", "d")]
     assert new_turns(turns) == 2
+
+
+async def test_writes_that_arrive_together_share_a_commit(tmp_path: Path) -> None:
+    import asyncio
+
+    async with open_store(tmp_path / "bridge.db") as store:
+        await asyncio.gather(*(store.add_thread(n, "coze", now=1.0) for n in range(1, 51)))
+        await asyncio.gather(*(store.remember(f"h:{n}", n, now=2.0) for n in range(1, 51)))
+        assert 2 <= store.commits < 10
+        assert await store.count("conversations") == 50
+        assert await store.idle_threads(before=1.5) == []  # every thread was marked used at 2.0
+
+
+async def test_a_failed_write_spoils_only_itself(tmp_path: Path) -> None:
+    import asyncio
+
+    async with open_store(tmp_path / "bridge.db") as store:
+        await store.add_thread(1, "coze", now=1.0)
+        results = await asyncio.gather(
+            store.remember("h:good", 1, now=2.0),
+            store.remember("h:orphan", 999, now=2.0),  # no such thread: a foreign-key failure
+            store.rest_model(7, until=3.0),
+            return_exceptions=True,
+        )
+        assert results[0] is None
+        assert isinstance(results[1], sqlite3.IntegrityError)
+        assert results[2] is None
+        assert await store.find_conversation("h:good") == 1
+        assert await store.find_conversation("h:orphan") is None
+        assert await store.model_rests() == {7: 3.0}
+
+
+async def test_a_write_whose_caller_gave_up_is_still_committed(tmp_path: Path) -> None:
+    import asyncio
+
+    path = tmp_path / "bridge.db"
+    async with open_store(path) as store:
+        await store.add_thread(1, "coze", now=1.0)
+        writer = asyncio.ensure_future(store.remember("h:late", 1, now=2.0))
+        await asyncio.sleep(0)  # let the write queue; sleep-ok: one turn of the loop, not a wait
+        writer.cancel()
+    async with open_store(path) as reopened:
+        assert await reopened.find_conversation("h:late") == 1
