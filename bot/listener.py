@@ -54,29 +54,26 @@ def intents() -> discord.Intents:
 
 
 class _CozeFirstState(ConnectionState[Any]):
-    """Reads the Coze bot's messages straight from the gateway payload.
+    """Reads the Coze bot's messages straight from the gateway payload, and no other message.
 
     Coze streams by editing one message many times; discord.py would build a Message (with
-    its author, member and referenced message) for every edit. We only need a few fields.
+    its author, member and referenced message) for every edit. We only need a few fields,
+    and nothing in the bridge reads anyone else's messages (our own prompts included).
     """
 
     coze_bot_ids: frozenset[int] = frozenset()
     coze_sink: Callable[[MessagePayload], None] = staticmethod(lambda payload: None)
 
     def parse_message_create(self, data: Any) -> None:
-        if not self._take_coze(data):
-            super().parse_message_create(data)
+        self._take_coze(data)
 
     def parse_message_update(self, data: Any) -> None:
-        if not self._take_coze(data):
-            super().parse_message_update(data)
+        self._take_coze(data)
 
-    def _take_coze(self, data: MessagePayload) -> bool:
+    def _take_coze(self, data: MessagePayload) -> None:
         author = data.get("author")
-        if author is None or int(author["id"]) not in self.coze_bot_ids:
-            return False
-        self.coze_sink(data)
-        return True
+        if author is not None and int(author["id"]) in self.coze_bot_ids:
+            self.coze_sink(data)
 
 
 class Listener(discord.Client):
