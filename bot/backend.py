@@ -344,22 +344,17 @@ class DiscordBackend:
         raise SendFailed(str(exc), posted=inbox.posted) from None
 
     async def _open_thread(self, model: ModelSettings, request: PromptRequest) -> int:
-        channel = self._client.get_channel(model.channel_id)
-        if not isinstance(channel, discord.TextChannel):
+        # Over our own REST client: discord.py would build and cache a Thread object for each
+        # one, for good, and retry 5xx answers for ~25 s that a caller should not wait out.
+        if not isinstance(self._client.get_channel(model.channel_id), discord.TextChannel):
             raise SendFailed(f"channel {model.channel_id} is not a text channel the bot can see")
         try:
-            # discord.py retries 5xx answers for about 25 s; a caller should not wait that long.
             async with asyncio.timeout(THREAD_TIMEOUT):
-                thread = await channel.create_thread(
-                    name=_thread_name(request),
-                    type=discord.ChannelType.public_thread,
-                    auto_archive_duration=60,
-                )
-        except discord.HTTPException as exc:
-            raise SendFailed(f"Discord refused to create a thread (HTTP {exc.status})") from None
+                return await self._rest.create_thread(model.channel_id, _thread_name(request), self._reader)
+        except RestError as exc:
+            raise SendFailed(f"Discord refused to create a thread ({exc})") from None
         except TimeoutError:
             raise SendFailed(f"Discord did not create a thread within {THREAD_TIMEOUT:g}s") from None
-        return thread.id
 
 
 def _thread_name(request: PromptRequest) -> str:

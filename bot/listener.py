@@ -70,6 +70,11 @@ class _CozeFirstState(ConnectionState[Any]):
     def parse_message_update(self, data: Any) -> None:
         self._take_coze(data)
 
+    def parse_thread_create(self, data: Any) -> None:
+        # The bridge makes a thread per conversation and never looks one up in discord.py's
+        # cache, which would otherwise keep every one of them for the life of the process.
+        pass
+
     def _take_coze(self, data: MessagePayload) -> None:
         author = data.get("author")
         if author is not None and int(author["id"]) in self.coze_bot_ids:

@@ -140,6 +140,16 @@ class DiscordRest:
         created = await self.request("POST", path, credential, form=form)
         return int(created["id"])
 
+    async def create_thread(self, channel_id: int, name: str, credential: Credential) -> int:
+        """A public thread in a text channel (type 11), archived by Discord after an idle hour."""
+        created = await self.request(
+            "POST",
+            f"/channels/{channel_id}/threads",
+            credential,
+            json={"name": name, "type": 11, "auto_archive_duration": 60},
+        )
+        return int(created["id"])
+
     async def archive_thread(self, thread_id: int, credential: Credential) -> None:
         await self.request("PATCH", f"/channels/{thread_id}", credential, json={"archived": True})
 
