@@ -7,6 +7,9 @@ import asyncio
 from bot.detector import ReplySnapshot
 from bot.listener import CozeMessage
 
+# Coze edits its reply every half second or so; REST is never that many edits late.
+EARLY_LIMIT = 200
+
 
 class Wake:
     """What a reader's alarm puts in its inbox: time to look at the clock."""
@@ -20,11 +23,14 @@ WAKE = Wake()
 class Inbox:
     """The Coze messages of one request, in arrival order."""
 
-    __slots__ = ("channel_id", "posted", "prompt_ids", "queue")
+    __slots__ = ("channel_id", "early", "posted", "prompt_ids", "queue", "retired")
 
     def __init__(self, channel_id: int) -> None:
         self.channel_id = channel_id
         self.prompt_ids: set[int] = set()
+        self.retired: set[int] = set()  # earlier posts of this request, whose replies no longer count
+        # Replies to a post whose id REST has not returned yet: the gateway can be faster.
+        self.early: list[CozeMessage] = []
         self.posted = False  # some prompt of this request reached Discord
         # None: the bridge is shutting down.
         self.queue: asyncio.Queue[ReplySnapshot | Wake | None] = asyncio.Queue()
@@ -45,11 +51,17 @@ class ReplyRouter:
         inbox.prompt_ids.add(message_id)
         inbox.posted = True
         self._by_prompt[message_id] = inbox
+        if inbox.early:
+            for message in inbox.early:
+                if message.reference_id == message_id:
+                    inbox.queue.put_nowait(message.snapshot)
+            inbox.early = [message for message in inbox.early if message.reference_id != message_id]
 
     def retire_prompts(self, inbox: Inbox) -> None:
         """Before posting again: replies to the earlier posts no longer count, queued or not."""
         for prompt_id in inbox.prompt_ids:
             self._by_prompt.pop(prompt_id, None)
+        inbox.retired |= inbox.prompt_ids
         inbox.prompt_ids = set()
         shutting_down = False
         while not inbox.queue.empty():
@@ -70,8 +82,12 @@ class ReplyRouter:
         inbox = self._by_prompt.get(reference) if reference is not None else None
         if inbox is None:
             inbox = self._by_channel.get(message.channel_id)
-            if inbox is None or (reference is not None and reference not in inbox.prompt_ids):
-                return  # someone else's conversation, or a reply to an earlier post of ours
+            if inbox is None:
+                return  # someone else's conversation
+            if reference is not None and reference not in inbox.prompt_ids:
+                if reference not in inbox.retired and len(inbox.early) < EARLY_LIMIT:
+                    inbox.early.append(message)  # handed over when REST gives us the prompt's id
+                return
         inbox.queue.put_nowait(message.snapshot)
 
     def open_inboxes(self) -> list[Inbox]:

@@ -89,6 +89,8 @@ async def load_images(
     session: aiohttp.ClientSession, parts: Sequence[tuple[str, str]], limit: int
 ) -> list[ImageFile]:
     """Load every (param, url) at once; the first bad one is a 400 naming its part."""
+    if not parts:
+        return []
 
     async def one(position: int, param: str, url: str) -> ImageFile:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -64,6 +66,7 @@ class Rest:
         self._on_message = on_message
         self._on_channel = on_channel
         self.faults: dict[str, list[Fault]] = {}
+        self.ack_after_reply = False
 
     def routes(self, app: web.Application) -> None:
         for version in ("v9", "v10"):
@@ -196,6 +199,10 @@ class Rest:
         )
         self.world.add_message(message)
         await self._on_message(message)
+        if self.ack_after_reply and message.mentions:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self.world.wait_for(lambda: message.id in self.world.answered)
         return reply(payloads.message(self.world, message))
 
     async def _multipart(self, request: web.Request) -> tuple[dict[str, Any], list[Attachment]]:

@@ -188,6 +188,13 @@ class SimulatedDiscord:
         """Allow `limit` calls per route, channel and token in each `window` seconds; 429 past it."""
         self.rest.limits.limit, self.rest.limits.window = limit, window
 
+    def ack_after_reply(self, on: bool = True) -> None:
+        """Answer a prompt's POST only once Coze's reply to it is on the gateway.
+
+        A loaded REST path answers late: the reply may reach the bridge before the prompt's id.
+        """
+        self.rest.ack_after_reply = on
+
     @property
     def rate_limited(self) -> int:
         """How many calls were answered 429 for going past `rate_limit`."""
@@ -207,6 +214,9 @@ class SimulatedDiscord:
         await self.gateway.dispatch(
             kind, lambda with_content: payloads.message(self.world, message, with_content=with_content)
         )
+        if message.reference_id is not None and message.author in self.world.coze_bots:
+            self.world.answered.add(message.reference_id)
+            self.world.changed()
 
     async def _emit_channel(self, kind: str, channel_id: int) -> None:
         channel = self.world.channels[channel_id]

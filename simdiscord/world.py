@@ -92,6 +92,8 @@ class World:
         self.text_channel = self.add_channel("coze-chat", type=0)
         self.other_channel = self.add_channel("general", type=0)
         self.messages: dict[int, Message] = {}
+        # Prompts whose Coze reply has gone out on the gateway.
+        self.answered: set[int] = set()
         self.attachments: dict[int, Attachment] = {}
         # Discord's answers to a user token that cannot post: 401, or 403 code 40002.
         self.revoked: set[int] = set()

@@ -268,3 +268,12 @@ async def test_tokens_never_reach_the_logs(
     for secret in [sim.bot_token, *sim.user_tokens, api_key, wrong_key]:
         assert secret not in text
         assert secret.split(".")[-1][-12:] not in text
+
+
+async def test_reply_that_beats_the_prompts_own_ack_is_kept(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    """Under load the gateway can bring Coze's whole reply before REST returns the prompt's id."""
+    sim.ack_after_reply()
+    sim.script = lambda prompt: ReplyPlan(text="all in one message", chunk_chars=100, suggestions=["more"])
+    deltas, finish = await stream_text(bridge, "hello")
+    assert "".join(deltas) == "all in one message"
+    assert finish == "stop"
