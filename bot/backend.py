@@ -94,6 +94,7 @@ class DiscordBackend:
         self._reader = reader
         self._tasks = tasks
         self._coze_ids = frozenset(model.coze_bot_id for model in self._models)
+        self._posting = asyncio.Semaphore(config.discord.max_concurrent_posts)
 
     @property
     def state(self) -> BridgeState:
@@ -196,7 +197,8 @@ class DiscordBackend:
     ) -> AsyncGenerator[ReplyEvent, None]:
         thread_id = plan.thread_id
         if thread_id is None:
-            thread_id = await self._open_thread(model, request)
+            async with self._posting:
+                thread_id = await self._open_thread(model, request)
             # Every thread the bridge creates is its own to archive once idle.
             await self._conversations.started(thread_id, model.name, time.time())
         inbox = self._router.open(thread_id)
@@ -264,7 +266,8 @@ class DiscordBackend:
             if account is None:
                 raise self._all_resting(model, now, posted=inbox.posted, notice=notice)
             try:
-                await self._post(inbox, model, chunks, files, account)
+                async with self._posting:
+                    await self._post(inbox, model, chunks, files, account)
                 async for event in follow_reply(
                     inbox,
                     self._client,

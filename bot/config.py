@@ -35,6 +35,9 @@ class DiscordSettings(BaseModel):
     channel_id: int | None = None
     user_tokens: list[SecretStr] = Field(default_factory=list)
     api_base: str = DISCORD_API_BASE
+    # Prompts being posted (thread, then message) at once; more wait their turn. A burst of new
+    # requests otherwise queues ahead of every open stream's next delta in the event loop.
+    max_concurrent_posts: int = Field(default=16, ge=1)
 
 
 class ModelSettings(BaseModel):

@@ -67,6 +67,9 @@ class Rest:
         self._on_channel = on_channel
         self.faults: dict[str, list[Fault]] = {}
         self.ack_after_reply = False
+        # The most POSTs this Discord was answering at once.
+        self.posts_in_flight = 0
+        self.peak_posts_in_flight = 0
 
     def routes(self, app: web.Application) -> None:
         for version in ("v9", "v10"):
@@ -112,7 +115,15 @@ class Rest:
         )
         if not verdict.allowed:
             return rate_limited(verdict.retry_after, verdict.headers)
-        response = await handler(request)
+        if request.method != "POST":
+            response = await handler(request)
+        else:
+            self.posts_in_flight += 1
+            self.peak_posts_in_flight = max(self.peak_posts_in_flight, self.posts_in_flight)
+            try:
+                response = await handler(request)
+            finally:
+                self.posts_in_flight -= 1
         response.headers.update(verdict.headers)
         return response
 

@@ -277,3 +277,18 @@ async def test_reply_that_beats_the_prompts_own_ack_is_kept(sim: SimulatedDiscor
     deltas, finish = await stream_text(bridge, "hello")
     assert "".join(deltas) == "all in one message"
     assert finish == "stop"
+
+
+async def test_posting_is_bounded_and_every_request_still_answered(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
+    import asyncio
+
+    bridge = await start_bridge(discord={"max_concurrent_posts": 2})
+    sim.ack_after_reply()  # each post stays open until Coze has answered it
+    sim.script = lambda prompt: plan(f"Answer to [{prompt.content.strip()}] only.")
+    questions = [f"question number {i}" for i in range(6)]
+    results = await asyncio.gather(*(stream_text(bridge, q) for q in questions))
+    for question, (deltas, _) in zip(questions, results, strict=True):
+        assert "".join(deltas) == f"Answer to [{question}] only."
+    assert sim.rest.peak_posts_in_flight == 2
