@@ -276,7 +276,7 @@ def _print_ratios(rows: list[dict[str, Any]]) -> None:
         print(
             f"  streams={streams:<5} "
             + " ".join(
-                f"{label} {median['bridge', key]}/{median['relay', key]} = x{median['bridge', key] / median['relay', key]:.2f}"
+                f"{label} {median['bridge', key]:.2f}/{median['relay', key]:.2f} = x{median['bridge', key] / median['relay', key]:.2f}"
                 for label, key in (
                     ("p50", "p50_ms"),
                     ("p99", "p99_ms"),
