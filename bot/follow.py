@@ -60,9 +60,7 @@ async def follow_reply(
     try:
         while (deadline := detector.deadline) is not None:
             if queue.empty():
-                # While the gateway is away only the hard cap counts: silence proves nothing.
-                gateway_up = client.bridge_state is BridgeState.READY
-                alarm.at(min(deadline if gateway_up else detector.hard_deadline, quiet_since + heartbeat))
+                alarm.at(min(_due(detector, deadline, client), quiet_since + heartbeat))
             item = await queue.get()
             now = loop.time()
             if isinstance(item, Wake):
@@ -70,8 +68,7 @@ async def follow_reply(
                     epoch = client.ready_epoch
                     detector.touch(now)
                     continue
-                gateway_up = client.bridge_state is BridgeState.READY
-                if now < (deadline if gateway_up else detector.hard_deadline):
+                if now < _due(detector, deadline, client):
                     if now >= quiet_since + heartbeat:
                         quiet_since = now
                         yield Idle()
@@ -96,6 +93,11 @@ async def follow_reply(
                     )
     finally:
         alarm.cancel()
+
+
+def _due(detector: CompletionDetector, deadline: float, client: Listener) -> float:
+    # While the gateway is away only the hard cap counts: silence proves nothing.
+    return deadline if client.bridge_state is BridgeState.READY else detector.hard_deadline
 
 
 class _Alarm:

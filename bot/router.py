@@ -51,11 +51,12 @@ class ReplyRouter:
         inbox.prompt_ids.add(message_id)
         inbox.posted = True
         self._by_prompt[message_id] = inbox
-        if inbox.early:
-            for message in inbox.early:
-                if message.reference_id == message_id:
-                    inbox.queue.put_nowait(message.snapshot)
-            inbox.early = [message for message in inbox.early if message.reference_id != message_id]
+        early, inbox.early = inbox.early, []
+        for message in early:
+            if message.reference_id == message_id:
+                inbox.queue.put_nowait(message.snapshot)
+            else:
+                inbox.early.append(message)
 
     def retire_prompts(self, inbox: Inbox) -> None:
         """Before posting again: replies to the earlier posts no longer count, queued or not."""

@@ -115,15 +115,13 @@ class Rest:
         )
         if not verdict.allowed:
             return rate_limited(verdict.retry_after, verdict.headers)
-        if request.method != "POST":
+        posting = int(request.method == "POST")
+        self.posts_in_flight += posting
+        self.peak_posts_in_flight = max(self.peak_posts_in_flight, self.posts_in_flight)
+        try:
             response = await handler(request)
-        else:
-            self.posts_in_flight += 1
-            self.peak_posts_in_flight = max(self.peak_posts_in_flight, self.posts_in_flight)
-            try:
-                response = await handler(request)
-            finally:
-                self.posts_in_flight -= 1
+        finally:
+            self.posts_in_flight -= posting
         response.headers.update(verdict.headers)
         return response
 
