@@ -7,22 +7,15 @@ seconds passed in by the caller; nothing here reads a clock or does I/O.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bot.config import ModelSettings
-from bot.interface import ModelStatus, TokenStatus
+from bot.interface import ModelStatus, TokenReport, TokenState
 from bot.reset import ResetTime
 from bot.storage import TokenRow
-
-
-class TokenState(enum.Enum):
-    HEALTHY = "healthy"
-    RESTING = "resting"
-    INVALID = "invalid"
 
 
 def fingerprint(token: str) -> str:
@@ -134,7 +127,7 @@ class AccountPool:
 
     def report(
         self, models: Sequence[ModelSettings], now: float
-    ) -> tuple[tuple[TokenStatus, ...], tuple[ModelStatus, ...]]:
+    ) -> tuple[tuple[TokenReport, ...], tuple[ModelStatus, ...]]:
         """What GET /v1/status shows: each token (masked) and each model's rest."""
         bots = [model.coze_bot_id for model in models]
         tokens = []
@@ -146,9 +139,9 @@ class AccountPool:
             }
             state = self.state(account, bots, now)
             tokens.append(
-                TokenStatus(
+                TokenReport(
                     id=account.masked,
-                    state=state.value,
+                    state=state,
                     resting_until=min(resting.values()) if state is TokenState.RESTING else None,
                     resting_models=resting,
                     requests_today=self.requests_today(account, now),

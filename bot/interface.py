@@ -129,10 +129,18 @@ class ServerShutdown(BridgeError):
     code = "server_shutdown"
 
 
+class TokenState(enum.Enum):
+    HEALTHY = "healthy"
+    RESTING = "resting"  # every Coze bot it serves gave it the daily-limit notice
+    INVALID = "invalid"  # Discord refused it
+
+
 @dataclass(frozen=True, slots=True)
-class TokenStatus:
+class TokenReport:
+    """A user token as /v1/status shows it (the pool's view, masked)."""
+
     id: str  # masked: a label and a fingerprint, never the token
-    state: str  # healthy, resting, invalid
+    state: TokenState
     resting_until: datetime | None
     resting_models: dict[str, datetime]
     requests_today: int
@@ -148,7 +156,7 @@ class ModelStatus:
 class BackendStatus:
     state: BridgeState
     open_replies: int
-    tokens: tuple[TokenStatus, ...]
+    tokens: tuple[TokenReport, ...]
     models: tuple[ModelStatus, ...]
 
 

@@ -57,7 +57,7 @@ async def status(request: web.Request) -> web.Response:
         "tokens": [
             {
                 "id": token.id,
-                "state": token.state,
+                "state": token.state.value,
                 "resting_until": _iso(token.resting_until),
                 "resting_models": {name: _iso(until) for name, until in token.resting_models.items()},
                 "requests_today": token.requests_today,

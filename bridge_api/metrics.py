@@ -14,7 +14,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from bot.interface import BridgeState
+from bot.interface import BridgeState, TokenState
 from bridge_api.keys import BACKEND, METRICS
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
@@ -63,6 +63,6 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     for state in BridgeState:
         metrics.gateway_state.labels(state.value).set(1 if state is current else 0)
     states = Counter_(token.state for token in request.app[BACKEND].status().tokens)
-    for state_name in ("healthy", "resting", "invalid"):
-        metrics.tokens.labels(state_name).set(states[state_name])
+    for token_state in TokenState:
+        metrics.tokens.labels(token_state.value).set(states[token_state])
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
