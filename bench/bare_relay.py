@@ -1,8 +1,9 @@
 """The baseline the bridge is measured against: the least code that can relay Coze to SSE.
 
-Raw gateway socket (same compression discord.py picks) -> match by message_reference -> SSE write.
-It creates a thread and posts the prompt like the bridge does, so the Discord-side work per
-request is the same; it has no detector, no timers, no validation and no error handling.
+Raw gateway socket (same compression discord.py picks) -> REST post of the prompt straight into
+the channel -> match Coze's reply by message_reference -> SSE write. No threads, no detector, no
+timers, no validation and no error handling. A reply that reaches the gateway before the POST
+returns its prompt's id is held briefly under that id.
 
     python -m bench.bare_relay --api-base URL --bot-token T --user-token U --channel-id C --coze-bot-id B --port P
 """
@@ -25,12 +26,19 @@ except ImportError:  # pragma: no cover - zstandard ships with the test extras
     zstandard = None
 
 INTENTS = (1 << 0) | (1 << 9) | (1 << 15)  # guilds, guild messages, message content
+# How long a reply whose prompt's POST has not returned yet is kept (seconds).
+EARLY_KEEP = 10.0
+FINISH = b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+DONE = b"data: [DONE]\n\n"
 
 
 class Relay:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.waiting: dict[str, tuple[web.StreamResponse, asyncio.Queue[dict[str, Any]]]] = {}
+        self.coze_id = str(args.coze_bot_id)
+        self.waiting: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        # Replies to prompts whose POST has not returned yet, by the prompt's id.
+        self.early: dict[str, list[dict[str, Any]]] = {}
         self.session: aiohttp.ClientSession | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
@@ -77,50 +85,55 @@ class Relay:
 
     def route(self, message: dict[str, Any]) -> None:
         reference = message.get("message_reference")
-        if reference and (entry := self.waiting.get(reference.get("message_id"))):
-            entry[1].put_nowait(message)
+        if reference is None or message["author"]["id"] != self.coze_id:
+            return
+        prompt_id = reference["message_id"]
+        queue = self.waiting.get(prompt_id)
+        if queue is not None:
+            queue.put_nowait(message)
+        elif prompt_id in self.early:
+            self.early[prompt_id].append(message)
+        else:
+            # Its prompt's POST may not have returned yet; forget it if no request claims it.
+            self.early[prompt_id] = [message]
+            asyncio.get_running_loop().call_later(EARLY_KEEP, self.early.pop, prompt_id, None)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         assert self.session is not None
         body = await request.json()
         prompt = body["messages"][-1]["content"]
-        async with self.session.post(
-            f"{self.args.api_base}/channels/{self.args.channel_id}/threads",
-            json={"name": "bench", "type": 11, "auto_archive_duration": 60},
-            headers={"Authorization": f"Bot {self.args.bot_token}"},
-        ) as resp:
-            thread_id = (await resp.json())["id"]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         async with self.session.post(
-            f"{self.args.api_base}/channels/{thread_id}/messages",
-            json={"content": f"<@{self.args.coze_bot_id}> {prompt}"},
+            f"{self.args.api_base}/channels/{self.args.channel_id}/messages",
+            json={"content": f"<@{self.coze_id}> {prompt}"},
             headers={"Authorization": self.args.user_token},
         ) as resp:
             prompt_id = (await resp.json())["id"]
-        self.waiting[prompt_id] = (response, queue)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for message in self.early.pop(prompt_id, ()):
+            queue.put_nowait(message)
+        self.waiting[prompt_id] = queue
+        head = b'data: {"id":"bare","object":"chat.completion.chunk","created":%d,"model":"coze",' % int(
+            time.time()
+        )
         sent = 0
-        created = int(time.time())
         try:
             while True:
                 message = await queue.get()
                 content = message["content"]
                 if len(content) > sent:
-                    chunk = {
-                        "id": "bare",
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": "coze",
-                        "choices": [
-                            {"index": 0, "delta": {"content": content[sent:]}, "finish_reason": None}
-                        ],
-                    }
+                    delta = json.dumps(content[sent:]).encode()
                     sent = len(content)
-                    await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                if message.get("components"):
+                    await response.write(
+                        head
+                        + b'"choices":[{"index":0,"delta":{"content":'
+                        + delta
+                        + b'},"finish_reason":null}]}\n\n'
+                    )
+                if message["components"]:
                     break
-            await response.write(b"data: [DONE]\n\n")
+            await response.write(head + FINISH + DONE)
         finally:
             del self.waiting[prompt_id]
         return response

@@ -22,10 +22,9 @@ from typing import Any
 
 import aiohttp
 import psutil
-from aiohttp import web
 
 from bot.connect import open_backend
-from bridge_api.app import make_app, make_runner
+from bridge_api import app as bridge_app
 from bridge_api.settings import Settings, load_settings
 from simdiscord import PromptInfo, ReplyPlan, SimulatedDiscord
 
@@ -126,16 +125,13 @@ def soak_settings(sim: SimulatedDiscord, storage: Path) -> Settings:
 
 @contextlib.asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[str]:
+    """The whole bridge (backend and HTTP app) on a free port; yields its base URL."""
     async with open_backend(settings) as backend:
         async with asyncio.timeout(10):
             await backend.wait_ready()
-        runner = make_runner(make_app(settings, 0, backend=backend))
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-        finally:
-            await runner.cleanup()
+        app = bridge_app.make_app(settings, 0, backend=backend)
+        async with bridge_app.serving(app) as (_, port):
+            yield f"http://127.0.0.1:{port}"
 
 
 async def main_async(streams: int) -> SoakResult:

@@ -5,7 +5,12 @@
 This process runs the simulated Discord and the HTTP clients; the target (the bridge, or the
 bare relay of bench/bare_relay.py) runs in a child process, so its CPU time and RSS are its own.
 Each Coze reply starts with a nonce; the simulation notes when it sends every edit, and a client
-notes when the matching SSE bytes arrive: the difference is the latency added per delta.
+notes when the matching SSE bytes arrive: the difference is the latency added per delta. Likewise
+marker -> finish: from the simulation sending Coze's edit that adds the buttons (its end marker)
+to the client reading the chunk whose finish_reason is set.
+
+With --profile DIR, py-spy samples the bridge child during each bridge round (raw collapsed stacks,
+DIR/bridge-<streams>-<round>.txt); that round's CPU and latency then include the sampling.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import gc
 import json
 import os
+import signal
 import socket
 import statistics
 import sys
@@ -41,6 +47,7 @@ class Round:
     failures: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    finishes: list[float] = field(default_factory=list)  # marker -> finish, per request
     wall: float = 0.0
     cpu: float = 0.0
     peak_rss: int = 0
@@ -48,6 +55,7 @@ class Round:
 
     def row(self) -> dict[str, Any]:
         lat = sorted(self.latencies) or [float("nan")]
+        fin = sorted(self.finishes) or [float("nan")]
         return {
             "target": self.target,
             "streams": self.streams,
@@ -55,9 +63,12 @@ class Round:
             "failures": self.failures,
             "reasons": dict(self.reasons.most_common(5)),
             "deltas": len(self.latencies),
-            "p50_ms": round(lat[len(lat) // 2] * 1000, 2),
-            "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 2),
+            "p50_ms": round(_pct(lat, 0.5) * 1000, 2),
+            "p99_ms": round(_pct(lat, 0.99) * 1000, 2),
             "mean_ms": round(statistics.fmean(lat) * 1000, 2),
+            "finishes": len(self.finishes),
+            "finish_p50_ms": round(_pct(fin, 0.5) * 1000, 2),
+            "finish_p99_ms": round(_pct(fin, 0.99) * 1000, 2),
             "rps": round(self.requests / self.wall, 1) if self.wall else 0.0,
             "cpu_ms_per_request": round(self.cpu / max(self.requests, 1) * 1000, 2),
             "peak_rss_mb": round(self.peak_rss / 2**20, 1),
@@ -66,14 +77,23 @@ class Round:
         }
 
 
+def _pct(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
 class SendLog:
-    """When the simulation sent each (reply nonce, text length)."""
+    """When the simulation sent each (reply nonce, text length), and each reply's end marker."""
 
     def __init__(self) -> None:
         self.sent: dict[str, dict[int, float]] = {}
+        self.markers: dict[str, float] = {}
 
     def record(self, content: str) -> None:
-        self.sent.setdefault(content.split(" ", 1)[0], {})[len(content)] = time.perf_counter()
+        # The first send of a length counts: the marker edit repeats the last text.
+        self.sent.setdefault(content.split(" ", 1)[0], {}).setdefault(len(content), time.perf_counter())
+
+    def marker(self, content: str) -> None:
+        self.markers.setdefault(content.split(" ", 1)[0], time.perf_counter())
 
 
 def free_port() -> int:
@@ -155,6 +175,8 @@ async def one_stream(http: aiohttp.ClientSession, url: str, nonce: str, log: Sen
                 if "error" in chunk:
                     reason = f"in-band error: {chunk['error'].get('message', '')[:120]}"
                 choices = chunk.get("choices") or [{}]
+                if choices[0].get("finish_reason") and (marked := log.markers.get(nonce)) is not None:
+                    result.finishes.append(now - marked)
                 text = choices[0].get("delta", {}).get("content")
                 if text:
                     received += len(text)
@@ -176,12 +198,15 @@ async def sample_rss(proc: psutil.Process, result: Round, stop: asyncio.Event) -
             await asyncio.wait_for(stop.wait(), 0.05)
 
 
-async def run_round(kind: str, streams: int, repeats: int, edits: int, step: float) -> Round:
+async def run_round(
+    kind: str, streams: int, repeats: int, edits: int, step: float, profile: str | None = None
+) -> Round:
     result = Round(target=kind, streams=streams)
     log = SendLog()
     async with SimulatedDiscord() as sim:
         sim.script = bench_script(edits, step)
         sim.on_send = log.record
+        sim.on_marker = log.marker
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = await start_target(kind, sim, port)
@@ -198,6 +223,14 @@ async def run_round(kind: str, streams: int, repeats: int, edits: int, step: flo
                                 break
                         await asyncio.sleep(0.1)  # polling a child process that has no other signal
                 ps = psutil.Process(proc.pid)
+                spy = None
+                if profile is not None:
+                    spy = await asyncio.create_subprocess_exec(
+                        "py-spy", "record", "--pid", str(proc.pid), "--format", "raw",
+                        "--rate", "200", "--nonblocking", "-o", profile,
+                        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                    )  # fmt: skip
+                    await asyncio.sleep(1)  # py-spy attaches
                 stop = asyncio.Event()
                 sampler = asyncio.create_task(sample_rss(ps, result, stop))
                 cpu0 = sum(ps.cpu_times()[:2])
@@ -220,6 +253,9 @@ async def run_round(kind: str, streams: int, repeats: int, edits: int, step: flo
                 result.harness_cpu = time.process_time() - own0
                 stop.set()
                 await sampler
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
+                    await spy.wait()
             finally:
                 proc.terminate()
                 await proc.wait()
@@ -239,14 +275,21 @@ def main() -> None:
         "--rounds", type=int, default=1, help="alternate the targets this many times; medians are compared"
     )
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy the bridge child into DIR (raw stacks)")
     args = parser.parse_args()
     targets = ["relay", "bridge"] if args.target == "both" else [args.target]
     rows = []
     for streams in (int(n) for n in args.streams.split(",")):
         # Rounds alternate so that a busy moment on the machine does not land on one target only.
-        for _ in range(args.rounds):
+        for n in range(args.rounds):
             for target in targets:
-                row = asyncio.run(run_round(target, streams, args.repeats, args.edits, args.step)).row()
+                profile = None
+                if args.profile and target == "bridge":
+                    os.makedirs(args.profile, exist_ok=True)
+                    profile = os.path.join(args.profile, f"bridge-{streams}-{n + 1}.txt")
+                row = asyncio.run(
+                    run_round(target, streams, args.repeats, args.edits, args.step, profile)
+                ).row()
                 rows.append(row)
                 print(json.dumps(row) if args.json else _format(row), flush=True)
     if args.target == "both" and not args.json:
@@ -257,33 +300,45 @@ def _format(row: dict[str, Any]) -> str:
     return (
         f"{row['target']:>6} streams={row['streams']:<5} requests={row['requests']:<5} "
         f"failures={row['failures']:<3} delta latency p50={row['p50_ms']}ms p99={row['p99_ms']}ms "
+        f"marker->finish p50={row['finish_p50_ms']}ms p99={row['finish_p99_ms']}ms "
         f"rps={row['rps']} cpu/request={row['cpu_ms_per_request']}ms peak_rss={row['peak_rss_mb']}MB "
         f"harness_cpu={row['harness_cpu_pct']}%"
         + (f"\n        failures: {row['reasons']}" if row["reasons"] else "")
     )
 
 
+# (label, row key, the most bridge/relay may be, the most the bridge may reach at BAR_STREAMS or fewer)
+BARS = [
+    ("p99 per delta", "p99_ms", 1.5, None),
+    ("p99 marker->finish", "finish_p99_ms", 1.5, None),
+    ("CPU per request", "cpu_ms_per_request", 1.5, None),
+    ("peak RSS MB", "peak_rss_mb", None, 100.0),
+]
+BAR_STREAMS = 1000
+
+
 def _print_ratios(rows: list[dict[str, Any]]) -> None:
-    print("\nbridge / bare relay, medians over the rounds (bar: latency <= 1.5x, CPU per request <= 2x)")
+    print(
+        "\nbridge / bare relay, medians over the rounds "
+        f"(bar: latency, marker->finish, CPU <= 1.5x; bridge peak RSS <= 100 MB at {BAR_STREAMS} streams)"
+    )
     for streams in dict.fromkeys(r["streams"] for r in rows):
-        median = {
-            (target, key): statistics.median(
-                r[key] for r in rows if r["target"] == target and r["streams"] == streams
+        for label, key, most_ratio, most_value in BARS:
+            bridge, relay = (
+                statistics.median(r[key] for r in rows if r["target"] == target and r["streams"] == streams)
+                for target in ("bridge", "relay")
             )
-            for target in ("relay", "bridge")
-            for key in ("p50_ms", "p99_ms", "cpu_ms_per_request")
-        }
-        print(
-            f"  streams={streams:<5} "
-            + " ".join(
-                f"{label} {median['bridge', key]:.2f}/{median['relay', key]:.2f} = x{median['bridge', key] / median['relay', key]:.2f}"
-                for label, key in (
-                    ("p50", "p50_ms"),
-                    ("p99", "p99_ms"),
-                    ("cpu/request", "cpu_ms_per_request"),
-                )
+            ratio = bridge / relay if relay else float("inf")
+            if most_ratio is not None:
+                verdict, bar = ratio <= most_ratio, f"<= {most_ratio}x"
+            else:
+                assert most_value is not None
+                verdict, bar = bridge <= most_value, f"<= {most_value:g} MB"
+            outcome = ("PASS" if verdict else "FAIL") if streams <= BAR_STREAMS or most_ratio else "-"
+            print(
+                f"  streams={streams:<5} {label:<19} {bridge:>9.2f} / {relay:>9.2f} = x{ratio:<6.2f}"
+                f" bar {bar:<10} {outcome}"
             )
-        )
 
 
 if __name__ == "__main__":

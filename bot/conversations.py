@@ -4,6 +4,9 @@ A request whose messages extend an earlier finished exchange (the same history, 
 assistant's reply as it was returned) continues in that exchange's thread and posts only its
 new turns: Coze keeps the context of its thread. A caller may name the conversation instead.
 Keys are hashes of the history, so the database never holds the text itself.
+
+Writes are write-behind: the reply's last bytes never wait for storage. Until a write is
+durable its mapping is kept in memory, so a follow-up that comes at once still finds it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from bot.interface import ChatTurn, PromptRequest
-from bot.storage import Store
+from bot.store import Store
+from bot.tasks import TaskSet
 
 ROLES = {"developer": "system", "function": "tool"}
 
@@ -53,9 +57,16 @@ class Plan:
 
 
 class Conversations:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, writes: TaskSet) -> None:
         self._store = store
+        self._writes = writes
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._unwritten: dict[str, int] = {}  # key -> thread, until the store has it
+
+    async def _find(self, key: str) -> int | None:
+        if (thread_id := self._unwritten.get(key)) is not None:
+            return thread_id
+        return await self._store.find_conversation(key)
 
     async def plan(self, request: PromptRequest, model: str) -> Plan:
         if request.fresh:
@@ -64,9 +75,9 @@ class Conversations:
         key: str | None
         if request.conversation is not None:
             key = named_key(model, request.conversation)
-            thread_id = await self._store.find_conversation(key)
+            thread_id = await self._find(key)
         elif start:
-            thread_id = await self._store.find_conversation(history_key(model, request.turns[:start]))
+            thread_id = await self._find(history_key(model, request.turns[:start]))
             key = f"t:{thread_id}" if thread_id is not None else None
         else:
             return Plan(None, request.turns, None)
@@ -92,20 +103,28 @@ class Conversations:
             else:
                 self._locks[key] = (lock, users - 1)
 
-    async def finished(
-        self, request: PromptRequest, model: str, thread_id: int, answer: str, now: float
-    ) -> None:
+    def started(self, thread_id: int, model: str, now: float) -> None:
+        """A thread the bridge created: its own to archive once idle."""
+        self._writes.spawn(self._store.add_thread(thread_id, model, now), name="conversation-write")
+
+    def finished(self, request: PromptRequest, model: str, thread_id: int, answer: str, now: float) -> None:
         """Remember the exchange, so a request that extends it continues in its thread."""
         if request.fresh:
             return
         if request.conversation is not None:
-            await self._store.remember(named_key(model, request.conversation), thread_id, now)
-            return
-        history = (*request.turns, ChatTurn("assistant", answer))
-        await self._store.remember(history_key(model, history), thread_id, now)
+            key = named_key(model, request.conversation)
+        else:
+            key = history_key(model, (*request.turns, ChatTurn("assistant", answer)))
+        self._unwritten[key] = thread_id
+        self._writes.spawn(self._remember(key, thread_id, now), name="conversation-write")
+
+    async def _remember(self, key: str, thread_id: int, now: float) -> None:
+        try:
+            await self._store.remember(key, thread_id, now)
+        finally:
+            if self._unwritten.get(key) == thread_id:
+                del self._unwritten[key]
 
     async def forget(self, thread_id: int) -> None:
+        self._unwritten = {key: kept for key, kept in self._unwritten.items() if kept != thread_id}
         await self._store.forget_thread(thread_id)
-
-    async def started(self, thread_id: int, model: str, now: float) -> None:
-        await self._store.add_thread(thread_id, model, now)

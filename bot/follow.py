@@ -14,6 +14,7 @@ from bot.config import CompletionSettings
 from bot.continuation import Transcript
 from bot.coze_texts import Holdback, Trouble, classify
 from bot.detector import CompletionDetector, ReplySnapshot, Step
+from bot.gateway_state import GatewayState
 from bot.interface import (
     BridgeState,
     CozeBusy,
@@ -27,13 +28,12 @@ from bot.interface import (
     TextDelta,
     UpstreamError,
 )
-from bot.listener import Listener
 from bot.router import WAKE, Inbox, Wake
 
 
 async def follow_reply(
     inbox: Inbox,
-    client: Listener,
+    gateway: GatewayState,
     completion: CompletionSettings,
     *,
     heartbeat: float,
@@ -55,20 +55,20 @@ async def follow_reply(
     holdback = Holdback()
     queue = inbox.queue
     alarm = _Alarm(loop, queue)
-    epoch = client.ready_epoch
+    epoch = gateway.epoch
     quiet_since = loop.time()  # the last event, or the last keep-alive
     try:
         while (deadline := detector.deadline) is not None:
             if queue.empty():
-                alarm.at(min(_due(detector, deadline, client), quiet_since + heartbeat))
+                alarm.at(min(_due(detector, deadline, gateway), quiet_since + heartbeat))
             item = await queue.get()
             now = loop.time()
             if isinstance(item, Wake):
-                if client.ready_epoch != epoch:
-                    epoch = client.ready_epoch
+                if gateway.epoch != epoch:
+                    epoch = gateway.epoch
                     detector.touch(now)
                     continue
-                if now < _due(detector, deadline, client):
+                if now < _due(detector, deadline, gateway):
                     if now >= quiet_since + heartbeat:
                         quiet_since = now
                         yield Idle()
@@ -95,9 +95,9 @@ async def follow_reply(
         alarm.cancel()
 
 
-def _due(detector: CompletionDetector, deadline: float, client: Listener) -> float:
+def _due(detector: CompletionDetector, deadline: float, gateway: GatewayState) -> float:
     # While the gateway is away only the hard cap counts: silence proves nothing.
-    return deadline if client.bridge_state is BridgeState.READY else detector.hard_deadline
+    return deadline if gateway.state is BridgeState.READY else detector.hard_deadline
 
 
 class _Alarm:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from bot.rest import Credential, DiscordRest, RestError
-from bot.storage import Store
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,20 @@
-"""The narrow interface the HTTP API uses to reach a Coze bot.
+"""The port: the narrow interface the HTTP API uses to reach a Coze bot.
 
-`bridge_api` depends on this module only; `bot.backend.DiscordBackend` implements it over
-Discord and `bot.mock.MockBackend` implements it in memory for tests.
+`bridge_api` depends on this module only (and on `bot.config`'s settings types);
+`bot.backend.DiscordBackend` implements it over Discord, opened by `open_discord_backend`,
+and `bot.mock.MockBackend` implements it in memory for tests.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
-from bot.config import ModelSettings
+from bot.config import BackendConfig, ModelSettings
 
 
 class BridgeState(enum.Enum):
@@ -184,3 +186,16 @@ class Backend(Protocol):
         everything the request held.
         """
         ...
+
+
+class StartupError(Exception):
+    """The bridge cannot start (bad token, Discord unreachable); the message is safe to print."""
+
+
+def open_discord_backend(config: BackendConfig) -> AbstractAsyncContextManager[Backend]:
+    """Log in to Discord and start the gateway; the backend closes everything on exit."""
+    # Imported here: the Discord side (discord.py and all) loads only for a real backend, and
+    # it imports this module itself.
+    from bot.connect import open_backend
+
+    return open_backend(config)

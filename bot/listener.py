@@ -1,46 +1,24 @@
-"""The discord.py bot that listens on the gateway for the Coze bot's messages."""
+"""The discord.py bot that listens on the gateway for the Coze bot's messages (transport only).
+
+It hands Coze's payloads to a sink and reports the connection's lifecycle to a hook; what those
+mean for the bridge is decided by `bot.gateway`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import discord
 from discord.state import ConnectionState
 
-from bot.detector import ReplySnapshot
-from bot.images import image_urls
-from bot.interface import BridgeState
-from bot.payloads import MessagePayload, button_labels
+from bot.payloads import MessagePayload
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class CozeMessage:
-    """One create or edit of a message by the Coze bot, with where it belongs."""
-
-    channel_id: int
-    reference_id: int | None
-    snapshot: ReplySnapshot
-
-
-def coze_message(payload: MessagePayload) -> CozeMessage:
-    reference = payload.get("message_reference", {}).get("message_id")
-    snapshot = ReplySnapshot(
-        message_id=int(payload["id"]),
-        content=payload.get("content", ""),
-        buttons=button_labels(payload),
-        images=image_urls(payload),
-    )
-    return CozeMessage(
-        channel_id=int(payload["channel_id"]),
-        reference_id=int(reference) if reference else None,
-        snapshot=snapshot,
-    )
+# The gateway events the connection code follows; the int is the guild's id, where it has one.
+LifecycleHook = Callable[[str, int | None], None]
 
 
 def intents() -> discord.Intents:
@@ -85,9 +63,9 @@ class Listener(discord.Client):
     def __init__(
         self,
         *,
-        guild_id: int,
         coze_bot_ids: frozenset[int],
-        sink: Callable[[CozeMessage], None],
+        sink: Callable[[MessagePayload], None],
+        lifecycle: LifecycleHook,
     ) -> None:
         # The bridge never joins voice; discord.py would warn on every start that voice libraries are missing.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
@@ -99,20 +77,11 @@ class Listener(discord.Client):
             chunk_guilds_at_startup=False,
             member_cache_flags=discord.MemberCacheFlags.none(),
         )
-        self.guild_id = guild_id
-        self.bridge_state = BridgeState.STARTING
-        self.ready = asyncio.Event()
-        # Counts the returns to READY, so a waiting reply can tell the gateway was away.
-        self.ready_epoch = 0
-        self._sink = sink
-        # Called when a new gateway session replaces one that could not be resumed.
-        self.on_resync: Callable[[], None] = lambda: None
-        self._guild_seen = False
-        self._warned_empty = False
+        self._lifecycle = lifecycle
         state = self._connection
         assert isinstance(state, _CozeFirstState)
         state.coze_bot_ids = coze_bot_ids
-        state.coze_sink = self._coze_payload
+        state.coze_sink = sink
 
     def _get_state(self, **options: Any) -> ConnectionState[Any]:
         return _CozeFirstState(
@@ -120,43 +89,12 @@ class Listener(discord.Client):
         )
 
     def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
-        if event in ("guild_available", "guild_join") and args[0].id == self.guild_id:
-            # on_ready comes ~2 s after the last GUILD_CREATE; our own guild is all we need.
-            self.set_state(BridgeState.READY)
-            if self._guild_seen:
-                # A new session (RESUME was refused): events sent in the gap are gone for good.
-                self.on_resync()
-            self._guild_seen = True
-        elif event == "resumed" or (event == "ready" and self.bridge_state is BridgeState.CONNECTING):
-            # discord.py sends "ready" ~2 s after its session's last GUILD_CREATE, even when that
-            # session has dropped meanwhile: it must not mark a gateway that is away as ready.
-            self.set_state(BridgeState.READY)
-        elif event == "disconnect" and self.bridge_state is BridgeState.READY:
-            self.set_state(BridgeState.DEGRADED)
+        if event in ("guild_available", "guild_join"):
+            self._lifecycle(event, args[0].id)
+        elif event in ("ready", "resumed", "disconnect"):
+            self._lifecycle(event, None)
         super().dispatch(event, *args, **kwargs)
 
-    def set_state(self, state: BridgeState) -> None:
-        if self.bridge_state is BridgeState.STOPPING:
-            return  # the last state: disconnects while closing are expected
-        if state is not self.bridge_state:
-            log.info("gateway state: %s -> %s", self.bridge_state.value, state.value)
-            self.bridge_state = state
-            if state is BridgeState.READY:
-                self.ready_epoch += 1
-        if state is BridgeState.READY:
-            self.ready.set()
-        else:
-            self.ready.clear()
-
-    def _coze_payload(self, payload: MessagePayload) -> None:
-        if not (payload.get("content") or payload.get("components") or payload.get("embeds")):
-            self._warn_empty()
-        self._sink(coze_message(payload))
-
-    def _warn_empty(self) -> None:
-        if not self._warned_empty:
-            self._warned_empty = True
-            log.warning(
-                "the Coze bot's message arrived empty: enable the Message Content intent for the "
-                "listening bot in the Discord developer portal"
-            )
+    def is_text_channel(self, channel_id: int) -> bool:
+        """A text channel the bot can see (where threads for prompts are made)."""
+        return isinstance(self.get_channel(channel_id), discord.TextChannel)

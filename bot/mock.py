@@ -1,11 +1,24 @@
-"""An in-memory `Backend` for testing the HTTP API without Discord (like httpx.MockTransport)."""
+"""An in-memory `Backend` for testing the HTTP API without Discord (like httpx.MockTransport).
+
+It keeps the port's promises as `DiscordBackend` does (the `Backend` contract suite runs over
+both): NotReady unless ready, and open replies end with `ServerShutdown` on shutdown.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from bot.config import ModelSettings
-from bot.interface import BackendStatus, BridgeState, PromptRequest, ReplyEvent
+from bot.interface import (
+    BackendStatus,
+    BridgeState,
+    NotReady,
+    PromptRequest,
+    ReplyEvent,
+    ServerShutdown,
+)
 
 Handler = Callable[[PromptRequest], AsyncIterator[ReplyEvent]]
 
@@ -27,17 +40,42 @@ class MockBackend:
             for index, name in enumerate(models)
         )
         self.requests: list[PromptRequest] = []
+        self.open_replies = 0
+        self._stopping = asyncio.Event()
 
     def status(self) -> BackendStatus:
-        return BackendStatus(self.state, 0, (), ())
+        return BackendStatus(self.state, self.open_replies, (), ())
 
     async def wait_ready(self) -> None:
         return None
 
     def begin_shutdown(self) -> None:
         self.state = BridgeState.STOPPING
+        self._stopping.set()
 
     async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
+        if self.state is not BridgeState.READY:
+            raise NotReady(f"the mock backend is {self.state.value}", retry_after=5)
         self.requests.append(request)
-        async for event in self.handler(request):
-            yield event
+        self.open_replies += 1
+        events = aiter(self.handler(request))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(events))
+                await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await step
+                    raise ServerShutdown("the bridge is shutting down; send the request again", posted=True)
+                try:
+                    event = step.result()
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            stop.cancel()
+            self.open_replies -= 1
+            if isinstance(events, AsyncGenerator):
+                await events.aclose()

@@ -27,12 +27,11 @@ MAX_ATTEMPTS = 4
 class Credential:
     """A Discord token and the `Authorization` value it sends; never shows the token itself."""
 
-    __slots__ = ("authorization", "is_bot", "label")
+    __slots__ = ("authorization", "label")
 
     def __init__(self, token: str, *, is_bot: bool, label: str) -> None:
         # User tokens go in Authorization as they are; bot tokens need the "Bot " prefix.
         self.authorization = f"Bot {token}" if is_bot else token
-        self.is_bot = is_bot
         self.label = label
 
     def __repr__(self) -> str:
@@ -63,7 +62,7 @@ class RestError(Exception):
 
 class DiscordRest:
     def __init__(self, api_base: str, session: aiohttp.ClientSession) -> None:
-        self._api_base = api_base.rstrip("/")
+        self.api_base = api_base.rstrip("/")
         self._session = session
 
     async def request(
@@ -76,7 +75,7 @@ class DiscordRest:
         form: Callable[[], aiohttp.FormData] | None = None,
     ) -> Any:
         """One call, waiting out 429s; `form` builds a multipart body afresh for each attempt."""
-        url = self._api_base + path
+        url = self.api_base + path
         headers = {"Authorization": credential.authorization}
         for _attempt in range(MAX_ATTEMPTS):
             data = form() if form is not None else None

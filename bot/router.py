@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from bot.detector import ReplySnapshot
-from bot.listener import CozeMessage
+from bot.payloads import CozeMessage
 
 # Coze edits its reply every half second or so; REST is never that many edits late.
 EARLY_LIMIT = 200
@@ -40,11 +40,14 @@ class ReplyRouter:
     def __init__(self) -> None:
         self._by_channel: dict[int, Inbox] = {}
         self._by_prompt: dict[int, Inbox] = {}
+        self._ended = False
 
     def open(self, channel_id: int) -> Inbox:
         """Start collecting; call before the prompt is posted, as Coze may answer first."""
         inbox = Inbox(channel_id)
         self._by_channel[channel_id] = inbox
+        if self._ended:
+            inbox.queue.put_nowait(None)  # opened during shutdown: it ends at once
         return inbox
 
     def add_prompt(self, inbox: Inbox, message_id: int) -> None:
@@ -95,7 +98,8 @@ class ReplyRouter:
         return list(self._by_channel.values())
 
     def end_all(self) -> None:
-        """Wake every waiting request so it can end its reply cleanly (shutdown)."""
+        """Wake every waiting request so it can end its reply cleanly (shutdown), now and later."""
+        self._ended = True
         for inbox in self._by_channel.values():
             inbox.queue.put_nowait(None)
 

@@ -26,11 +26,13 @@ class TaskSet:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("background task %s failed", task.get_name(), exc_info=exc)
 
+    async def wait(self) -> None:
+        """Let every task finish (writes that must not be cut short), including ones they start."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def close(self) -> None:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    def __len__(self) -> int:
-        return len(self._tasks)

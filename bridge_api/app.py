@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -10,11 +11,11 @@ from aiohttp import web
 
 from bot.connect import open_backend
 from bot.interface import Backend
+from bridge_api.appkeys import BACKEND, HTTP_CLIENT, KEYS, METRICS, SETTINGS
 from bridge_api.chat import chat_completions
 from bridge_api.imagegen import image_generations
-from bridge_api.info import get_model, healthz, list_models, readyz, status
-from bridge_api.keys import BACKEND, HTTP_CLIENT, KEYS, METRICS, SETTINGS
-from bridge_api.metrics import Metrics, metrics_endpoint
+from bridge_api.info import get_model, healthz, list_models, metrics_endpoint, readyz, status
+from bridge_api.metrics import Metrics
 from bridge_api.middleware import add_common_headers, bridge_middleware
 from bridge_api.settings import Settings
 
@@ -85,3 +86,17 @@ def make_runner(app: web.Application) -> web.AppRunner:
     return web.AppRunner(
         app, handler_cancellation=True, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE
     )
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    app: web.Application, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[tuple[web.AppRunner, int]]:
+    """Serve `app` on host:port for the block; yields the runner and the port bound (0: a free one)."""
+    runner = make_runner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        yield runner, runner.addresses[0][1]
+    finally:
+        await runner.cleanup()

@@ -12,10 +12,7 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 
 from bot.interface import Backend, BridgeError, BridgeState, Finished, Idle, PromptRequest, TextDelta
-from bridge_api.chunks import DONE, PING, ChunkStream, completion_body, usage
-from bridge_api.errors import APIError, server_error
-from bridge_api.images import load_images
-from bridge_api.keys import (
+from bridge_api.appkeys import (
     BACKEND,
     FIRST_TOKEN,
     HTTP_CLIENT,
@@ -26,8 +23,11 @@ from bridge_api.keys import (
     SETTINGS,
     STARTED,
 )
-from bridge_api.routing import resolve_model
-from bridge_api.schemas import ChatRequest, parse_chat_request
+from bridge_api.chunks import DONE, PING, ChunkStream, completion_body, sse, usage
+from bridge_api.errors import APIError, server_error
+from bridge_api.image_input import load_images
+from bridge_api.model_access import resolve_model
+from bridge_api.schemas import ChatRequest, parse_body
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ SSE_HEADERS = {
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    chat = parse_chat_request(await read_json(request))
+    chat = parse_body(ChatRequest, await read_json(request))
     request[MODEL] = chat.model
     route = resolve_model(request, chat.model)
     backend = request.app[BACKEND]
@@ -152,7 +152,7 @@ async def _stream(
         request[IN_BAND_ERROR] = error.status
         if request.app[SETTINGS].api.stream_errors_as_content:
             await response.write(chunks.content(readable_notice(error, datetime.now(UTC))))
-        await response.write(b"data: " + json.dumps(error.body()).encode() + b"\n\n")
+        await response.write(sse(error.body()))
     await response.write(DONE)
     await response.write_eof()
     return response

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from bot.backend import StartupError
-from bridge_api.app import make_app, make_runner
-from bridge_api.keys import BACKEND
+from bot.interface import StartupError
+from bridge_api.app import make_app, serving
+from bridge_api.appkeys import BACKEND
 from bridge_api.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("coze_bridge")
@@ -80,7 +77,8 @@ async def _run(config: Path | None, api: dict[str, Any], *, demo: bool) -> int:
 
 async def serve(settings: Settings, *, demo: bool = False) -> None:
     """Serve until SIGINT or SIGTERM."""
-    async with _running(settings) as (app, port):
+    app = make_app(settings, settings.api.port)
+    async with serving(app, settings.api.host, settings.api.port) as (_, port):
         try:
             async with asyncio.timeout(READY_WAIT):
                 await app[BACKEND].wait_ready()
@@ -101,19 +99,6 @@ async def serve(settings: Settings, *, demo: bool = False) -> None:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
         log.info("shutting down")
-
-
-@contextlib.asynccontextmanager
-async def _running(settings: Settings) -> AsyncIterator[tuple[web.Application, int]]:
-    app = make_app(settings, settings.api.port)
-    runner = make_runner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, settings.api.host, settings.api.port)
-        await site.start()
-        yield app, runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
 
 
 def _print_banner(settings: Settings, port: int, *, demo: bool) -> None:

@@ -8,15 +8,15 @@ import time
 from typing import Literal
 
 from aiohttp import web
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from bot.interface import ChatTurn, PromptRequest
+from bridge_api.appkeys import BACKEND, HTTP_CLIENT, MODEL, REQUEST_ID, SETTINGS
 from bridge_api.chat import collect_reply, read_json, require_ready
-from bridge_api.errors import APIError, invalid_body
-from bridge_api.images import ImageProblem, fetch
-from bridge_api.keys import BACKEND, HTTP_CLIENT, MODEL, REQUEST_ID, SETTINGS
-from bridge_api.routing import resolve_model, visible_models
-from bridge_api.schemas import Lenient
+from bridge_api.errors import APIError
+from bridge_api.image_input import ImageProblem, fetch
+from bridge_api.model_access import resolve_model, visible_models
+from bridge_api.schemas import Lenient, parse_body
 
 # Coze sometimes writes the image into the text as a markdown link instead of an embed.
 MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
@@ -31,13 +31,7 @@ class ImageRequest(Lenient):
 
 
 async def image_generations(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise APIError(400, "The request body must be a JSON object.", code="invalid_body")
-    try:
-        ask = ImageRequest.model_validate(body)
-    except ValidationError as exc:
-        raise invalid_body(exc) from None
+    ask = parse_body(ImageRequest, await read_json(request))
     names = visible_models(request)
     name = ask.model or (names[0] if names else "")
     request[MODEL] = name

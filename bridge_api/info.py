@@ -1,16 +1,18 @@
-"""Models, liveness and readiness."""
+"""Models, liveness, readiness, status and the Prometheus scrape."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from datetime import datetime
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot.interface import BridgeState
+from bot.interface import BridgeState, TokenState
+from bridge_api.appkeys import BACKEND, METRICS
 from bridge_api.errors import APIError
-from bridge_api.keys import BACKEND, METRICS
-from bridge_api.routing import visible_models
+from bridge_api.model_access import visible_models
 
 # OpenAI's model objects carry a creation time; ours is when the process started.
 STARTED = int(time.time())
@@ -70,3 +72,15 @@ async def status(request: web.Request) -> web.Response:
         ],
     }
     return web.json_response(body)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """GET /metrics: the gauges that mirror the backend are set at scrape time, then all is rendered."""
+    metrics = request.app[METRICS]
+    current = request.app[BACKEND].state
+    for state in BridgeState:
+        metrics.gateway_state.labels(state.value).set(1 if state is current else 0)
+    states = Counter(token.state for token in request.app[BACKEND].status().tokens)
+    for token_state in TokenState:
+        metrics.tokens.labels(token_state.value).set(states[token_state])
+    return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,21 +1,8 @@
-"""Prometheus metrics, in a registry of the app's own (no process-wide state)."""
+"""Prometheus collectors, in a registry of the app's own (no process-wide state)."""
 
 from __future__ import annotations
 
-from collections import Counter as Counter_
-
-from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-
-from bot.interface import BridgeState, TokenState
-from bridge_api.keys import BACKEND, METRICS
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 
@@ -55,14 +42,3 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
-
-
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS]
-    current = request.app[BACKEND].state
-    for state in BridgeState:
-        metrics.gateway_state.labels(state.value).set(1 if state is current else 0)
-    states = Counter_(token.state for token in request.app[BACKEND].status().tokens)
-    for token_state in TokenState:
-        metrics.tokens.labels(token_state.value).set(states[token_state])
-    return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

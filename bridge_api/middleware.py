@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import time
@@ -11,8 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from bridge_api.errors import APIError, server_error
-from bridge_api.keys import (
+from bridge_api.appkeys import (
     API_KEY,
     FIRST_TOKEN,
     IN_BAND_ERROR,
@@ -23,6 +21,8 @@ from bridge_api.keys import (
     SETTINGS,
     STARTED,
 )
+from bridge_api.bearer import matches_any, presented_key
+from bridge_api.errors import APIError, server_error
 
 log = logging.getLogger("coze_bridge.access")
 
@@ -106,26 +106,14 @@ def _allowed_origin(request: web.Request) -> str | None:
 
 def _check_key(request: web.Request) -> None:
     keys = request.app[KEYS]
-    presented = _presented_key(request)
+    presented = presented_key(request)
     if presented is not None:
         request[API_KEY] = presented
     if not keys or request.path in OPEN_PATHS:
         return
-    # Compare against every key, in constant time, so timing tells nothing about any of them.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest((presented or "").encode(), key)
-    if not matched:
+    if not matches_any(presented, keys):
         raise APIError(
             401,
             "Invalid or missing API key. Send it as 'Authorization: Bearer <key>'.",
             code="invalid_api_key",
         )
-
-
-def _presented_key(request: web.Request) -> str | None:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and given.strip():
-        return given.strip()
-    # coze-discord-proxy's clients send their secret in this header.
-    return request.headers.get("proxy-secret", "").strip() or None

@@ -1,9 +1,9 @@
-"""The chat completions request body, as OpenAI clients send it."""
+"""Request bodies as OpenAI clients send them (chat completions here), and checking one."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -106,10 +106,14 @@ class ChatRequest(Lenient):
         )
 
 
-def parse_chat_request(body: Any) -> ChatRequest:
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(model_type: type[Body], body: object) -> Body:
+    """`body` (parsed JSON) as a `model_type`, or a 400 naming the first bad field."""
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_body")
     try:
-        return ChatRequest.model_validate(body)
+        return model_type.model_validate(body)
     except ValidationError as exc:
         raise invalid_body(exc) from None

@@ -39,6 +39,8 @@ class SimulatedDiscord:
         )
         # Called with a Coze message's text whenever the gateway sends its create or edit (benchmarks).
         self.on_send: Callable[[str], None] | None = None
+        # Called with its text when the gateway sends a Coze message carrying components (the end marker).
+        self.on_marker: Callable[[str], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -209,8 +211,11 @@ class SimulatedDiscord:
         self.coze.on_message(message)
 
     async def _emit_message(self, kind: str, message: Message) -> None:
-        if self.on_send is not None and message.author in self.world.coze_bots:
-            self.on_send(message.content)
+        if message.author in self.world.coze_bots:
+            if self.on_send is not None:
+                self.on_send(message.content)
+            if self.on_marker is not None and message.components:
+                self.on_marker(message.content)
         await self.gateway.dispatch(
             kind, lambda with_content: payloads.message(self.world, message, with_content=with_content)
         )

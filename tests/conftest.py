@@ -13,11 +13,10 @@ import aiohttp
 import discord
 import openai
 import pytest
-from aiohttp import web
 
 from bot.backend import DiscordBackend
 from bot.connect import open_backend
-from bridge_api.app import make_app, make_runner
+from bridge_api.app import make_app, serving
 from bridge_api.settings import Settings, load_settings
 from simdiscord import SimulatedDiscord
 
@@ -79,12 +78,9 @@ async def start_bridge(sim: SimulatedDiscord, tmp_path: Path) -> AsyncIterator[B
         backend = await stack.enter_async_context(open_backend(settings))
         async with asyncio.timeout(10):
             await backend.wait_ready()
-        runner = make_runner(make_app(settings, 0, backend=backend))
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        _, port = await stack.enter_async_context(serving(make_app(settings, 0, backend=backend)))
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        return Bridge(f"http://127.0.0.1:{runner.addresses[0][1]}", backend, http, stack)
+        return Bridge(f"http://127.0.0.1:{port}", backend, http, stack)
 
     yield start
     for stack in reversed(stacks):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
@@ -10,7 +11,6 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 
 from bot.interface import (
     BridgeState,
@@ -24,7 +24,7 @@ from bot.interface import (
     TextDelta,
 )
 from bot.mock import MockBackend
-from bridge_api.app import make_app, make_runner
+from bridge_api.app import make_app, serving
 from bridge_api.settings import load_settings
 
 DISCORD = {"bot_token": "x", "guild_id": 1, "coze_bot_id": 2, "channel_id": 3}
@@ -55,25 +55,16 @@ class Server:
 
 @pytest.fixture
 async def serve() -> AsyncGenerator[Callable[..., Any], None]:
-    runners: list[web.AppRunner] = []
-    sessions: list[aiohttp.ClientSession] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(handler: Callable[[PromptRequest], Any], **api: Any) -> Server:
-        backend = MockBackend(handler)
-        settings = load_settings(discord=DISCORD, api=api)
-        runner = make_runner(make_app(settings, 0, backend=backend))
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        http = aiohttp.ClientSession()
-        sessions.append(http)
-        return Server(backend, f"http://127.0.0.1:{runner.addresses[0][1]}", http)
+        async def start(handler: Callable[[PromptRequest], Any], **api: Any) -> Server:
+            backend = MockBackend(handler)
+            settings = load_settings(discord=DISCORD, api=api)
+            _, port = await stack.enter_async_context(serving(make_app(settings, 0, backend=backend)))
+            http = await stack.enter_async_context(aiohttp.ClientSession())
+            return Server(backend, f"http://127.0.0.1:{port}", http)
 
-    yield start
-    for session in sessions:
-        await session.close()
-    for runner in runners:
-        await runner.cleanup()
+        yield start
 
 
 USER = [{"role": "user", "content": "hi"}]

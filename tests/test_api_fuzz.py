@@ -9,13 +9,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.interface import Finished, PromptRequest, ReplyEvent, TextDelta
 from bot.mock import MockBackend
-from bridge_api.app import make_app, make_runner
+from bridge_api.app import make_app, serving
 from bridge_api.settings import load_settings
 
 ALLOWED = {200, 400, 404, 413}
@@ -57,11 +56,8 @@ async def echo(request: PromptRequest) -> AsyncGenerator[ReplyEvent, None]:
 @pytest.fixture
 async def base_url() -> AsyncGenerator[str, None]:
     settings_ = load_settings(discord={"bot_token": "x", "guild_id": 1, "coze_bot_id": 2, "channel_id": 3})
-    runner = make_runner(make_app(settings_, 0, backend=MockBackend(echo)))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with serving(make_app(settings_, 0, backend=MockBackend(echo))) as (_, port):
+        yield f"http://127.0.0.1:{port}"
 
 
 async def check(http: aiohttp.ClientSession, base_url: str, payload: bytes) -> None:

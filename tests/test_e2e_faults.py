@@ -8,6 +8,7 @@ from typing import Any
 import openai
 import pytest
 
+from bot.interface import BridgeState
 from simdiscord import ReplyPlan, SimulatedDiscord
 from tests.conftest import Bridge, BridgeFactory
 
@@ -295,8 +296,9 @@ async def test_refused_thread_is_502_before_anything_is_posted(sim: SimulatedDis
 
 
 async def test_readiness_follows_the_gateway(sim: SimulatedDiscord, bridge: Bridge) -> None:
-    listener = bridge.backend._client
-    listener.dispatch("disconnect")
+    # The test stands in for the connection code, the one writer of the gateway state.
+    gateway = bridge.backend._gateway
+    gateway.set(BridgeState.DEGRADED)
     async with bridge.http.get(f"{bridge.base_url}/readyz") as resp:
         assert resp.status == 503
         assert (await resp.json())["status"] == "degraded"
@@ -305,7 +307,7 @@ async def test_readiness_follows_the_gateway(sim: SimulatedDiscord, bridge: Brid
     ) as resp:
         assert resp.status == 503
         assert resp.headers["Retry-After"]
-    listener.dispatch("resumed")
+    gateway.set(BridgeState.READY)
     async with bridge.http.get(f"{bridge.base_url}/readyz") as resp:
         assert resp.status == 200
     assert sim.prompts_received == []

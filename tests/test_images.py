@@ -6,10 +6,10 @@ import base64
 
 import pytest
 
+from bot.answer import with_image_links
 from bot.detector import CompletionDetector, ReplySnapshot
-from bot.images import image_urls, with_image_links
-from bot.payloads import MessagePayload
-from bridge_api.images import ImageProblem, decode_data_url, sniff
+from bot.payloads import MessagePayload, image_urls
+from bridge_api.image_input import ImageProblem, decode_data_url, sniff
 from simdiscord.png import solid_png
 
 

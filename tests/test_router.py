@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.detector import ReplySnapshot
-from bot.listener import CozeMessage
+from bot.payloads import CozeMessage
 from bot.router import Inbox, ReplyRouter
 
 

@@ -3,6 +3,11 @@
 Coze's quotas are per Discord user per Coze bot per day, so a daily-limit notice rests one
 token for one Coze bot; the creator-credits notice rests the Coze bot itself. Times are epoch
 seconds passed in by the caller; nothing here reads a clock or does I/O.
+
+A user token has four faces, each named for its job: `bot.rest.Credential` is the secret as
+REST sends it; `PoolToken` is its place in this pool (turns, rests, counts);
+`bot.store.StoredToken` is what survives a restart; `bot.interface.TokenReport` is what
+/v1/status shows. Only the first holds the secret.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from datetime import UTC, datetime
 from bot.config import ModelSettings
 from bot.interface import ModelStatus, TokenReport, TokenState
 from bot.reset import ResetTime
-from bot.storage import TokenRow
+from bot.store import StoredToken
 
 
 def fingerprint(token: str) -> str:
@@ -24,7 +29,7 @@ def fingerprint(token: str) -> str:
 
 
 @dataclass(eq=False)
-class Account:
+class PoolToken:
     label: str  # "user token #2": safe for logs
     fingerprint: str
     invalid: bool = False
@@ -40,52 +45,52 @@ class Account:
         until = self.rests.get(coze_bot_id)
         return until if until is not None and until > now else None
 
-    def row(self) -> TokenRow:
-        return TokenRow(self.fingerprint, self.invalid, self.day_start, self.requests_today)
+    def stored(self) -> StoredToken:
+        return StoredToken(self.fingerprint, self.invalid, self.day_start, self.requests_today)
 
 
-class AccountPool:
-    def __init__(self, accounts: Sequence[Account], reset: ResetTime) -> None:
-        self.accounts = list(accounts)
+class TokenPool:
+    def __init__(self, tokens: Sequence[PoolToken], reset: ResetTime) -> None:
+        self.tokens = list(tokens)
         self.reset = reset
         self.model_rests: dict[int, float] = {}
         self._next = 0
 
     def restore(
-        self, rows: dict[str, TokenRow], rests: dict[tuple[str, int], float], model_rests: dict[int, float]
+        self, rows: dict[str, StoredToken], rests: dict[tuple[str, int], float], model_rests: dict[int, float]
     ) -> None:
         """Take over what the store remembered from an earlier run."""
-        for account in self.accounts:
-            if (row := rows.get(account.fingerprint)) is not None:
-                account.invalid = row.invalid
-                account.day_start, account.requests_today = row.day_start, row.requests_today
-            account.rests = {bot: until for (fp, bot), until in rests.items() if fp == account.fingerprint}
+        for token in self.tokens:
+            if (row := rows.get(token.fingerprint)) is not None:
+                token.invalid = row.invalid
+                token.day_start, token.requests_today = row.day_start, row.requests_today
+            token.rests = {bot: until for (fp, bot), until in rests.items() if fp == token.fingerprint}
         self.model_rests = dict(model_rests)
 
     def pick(
-        self, coze_bot_id: int, now: float, *, exclude: Iterable[Account] = (), advance: bool = True
-    ) -> Account | None:
-        """The next healthy account for this Coze bot, round-robin; None when all rest or are invalid.
+        self, coze_bot_id: int, now: float, *, exclude: Iterable[PoolToken] = (), advance: bool = True
+    ) -> PoolToken | None:
+        """The next healthy token for this Coze bot, round-robin; None when all rest or are invalid.
 
         `advance=False` only asks whether there is one, without taking a turn.
         """
         skipped = set(map(id, exclude))
-        count = len(self.accounts)
+        count = len(self.tokens)
         for offset in range(count):
-            account = self.accounts[(self._next + offset) % count]
-            if account.invalid or id(account) in skipped or account.resting_until(coze_bot_id, now):
+            token = self.tokens[(self._next + offset) % count]
+            if token.invalid or id(token) in skipped or token.resting_until(coze_bot_id, now):
                 continue
             if advance:
                 self._next = (self._next + offset + 1) % count
-            return account
+            return token
         return None
 
     def next_reset(self, now: float) -> float:
         return self.reset.next_after(datetime.fromtimestamp(now, UTC)).timestamp()
 
-    def rest(self, account: Account, coze_bot_id: int, now: float) -> float:
+    def rest(self, token: PoolToken, coze_bot_id: int, now: float) -> float:
         until = self.next_reset(now)
-        account.rests[coze_bot_id] = until
+        token.rests[coze_bot_id] = until
         return until
 
     def rest_model(self, coze_bot_id: int, now: float) -> float:
@@ -98,30 +103,30 @@ class AccountPool:
         return until if until is not None and until > now else None
 
     def earliest_return(self, coze_bot_id: int, now: float) -> float | None:
-        """When the first resting account can post to this Coze bot again (None: none will)."""
+        """When the first resting token can post to this Coze bot again (None: none will)."""
         times = [
             until
-            for a in self.accounts
+            for a in self.tokens
             if not a.invalid and (until := a.resting_until(coze_bot_id, now)) is not None
         ]
         return min(times) if times else None
 
-    def count_request(self, account: Account, now: float) -> None:
+    def count_request(self, token: PoolToken, now: float) -> None:
         today = self.reset.last_at_or_before(datetime.fromtimestamp(now, UTC)).timestamp()
-        if account.day_start != today:
-            account.day_start, account.requests_today = today, 0
-        account.requests_today += 1
+        if token.day_start != today:
+            token.day_start, token.requests_today = today, 0
+        token.requests_today += 1
 
-    def requests_today(self, account: Account, now: float) -> int:
+    def requests_today(self, token: PoolToken, now: float) -> int:
         today = self.reset.last_at_or_before(datetime.fromtimestamp(now, UTC)).timestamp()
-        return account.requests_today if account.day_start == today else 0
+        return token.requests_today if token.day_start == today else 0
 
-    def state(self, account: Account, coze_bot_ids: Iterable[int], now: float) -> TokenState:
+    def state(self, token: PoolToken, coze_bot_ids: Iterable[int], now: float) -> TokenState:
         """Invalid; resting (for every Coze bot served); otherwise healthy."""
-        if account.invalid:
+        if token.invalid:
             return TokenState.INVALID
         bots = list(coze_bot_ids)
-        if bots and all(account.resting_until(bot, now) for bot in bots):
+        if bots and all(token.resting_until(bot, now) for bot in bots):
             return TokenState.RESTING
         return TokenState.HEALTHY
 
@@ -131,31 +136,31 @@ class AccountPool:
         """What GET /v1/status shows: each token (masked) and each model's rest."""
         bots = [model.coze_bot_id for model in models]
         tokens = []
-        for account in self.accounts:
+        for token in self.tokens:
             resting = {
-                model.name: _utc(until)
+                model.name: utc(until)
                 for model in models
-                if (until := account.resting_until(model.coze_bot_id, now)) is not None
+                if (until := token.resting_until(model.coze_bot_id, now)) is not None
             }
-            state = self.state(account, bots, now)
+            state = self.state(token, bots, now)
             tokens.append(
                 TokenReport(
-                    id=account.masked,
+                    id=token.masked,
                     state=state,
                     resting_until=min(resting.values()) if state is TokenState.RESTING else None,
                     resting_models=resting,
-                    requests_today=self.requests_today(account, now),
+                    requests_today=self.requests_today(token, now),
                 )
             )
         rests = tuple(
             ModelStatus(
                 model.name,
-                _utc(until) if (until := self.model_resting_until(model.coze_bot_id, now)) else None,
+                utc(until) if (until := self.model_resting_until(model.coze_bot_id, now)) else None,
             )
             for model in models
         )
         return tuple(tokens), rests
 
 
-def _utc(timestamp: float) -> datetime:
+def utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)

@@ -1,20 +1,16 @@
-"""Typed keys for what the app and each request carry."""
+"""Typed aiohttp keys for what the app and each request carry (and the accepted bearer keys)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from aiohttp import ClientSession, web
 
 from bot.interface import Backend
+from bridge_api.metrics import Metrics
 from bridge_api.settings import Settings
-
-if TYPE_CHECKING:
-    from bridge_api.metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 BACKEND: web.AppKey[Backend] = web.AppKey("backend")
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+METRICS = web.AppKey("metrics", Metrics)
 # Every accepted API key, encoded once for constant-time comparison.
 KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("keys")
 # Fetches the images callers link to (and generated ones, for b64_json).

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from bot.accounts import Account, AccountPool, TokenState, fingerprint
+from bot.interface import TokenState
 from bot.reset import ResetTime
-from bot.storage import TokenRow
+from bot.store import StoredToken
+from bot.token_pool import PoolToken, TokenPool, fingerprint
 
 NOON = datetime(2026, 5, 4, 12, 0, tzinfo=UTC).timestamp()
 MIDNIGHT = datetime(2026, 5, 5, 0, 0, tzinfo=UTC).timestamp()
 BOT, OTHER_BOT = 100, 200
 
 
-def pool(count: int = 3) -> AccountPool:
+def pool(count: int = 3) -> TokenPool:
     accounts = [
-        Account(label=f"user token #{n}", fingerprint=fingerprint(f"t{n}")) for n in range(1, count + 1)
+        PoolToken(label=f"user token #{n}", fingerprint=fingerprint(f"t{n}")) for n in range(1, count + 1)
     ]
-    return AccountPool(accounts, ResetTime.parse("00:00 UTC"))
+    return TokenPool(accounts, ResetTime.parse("00:00 UTC"))
 
 
 def test_round_robin_skips_resting_and_invalid_accounts() -> None:
     accounts = pool()
-    a, b, c = accounts.accounts
+    a, b, c = accounts.tokens
     assert [accounts.pick(BOT, NOON) for _ in range(4)] == [a, b, c, a]
     accounts.rest(b, BOT, NOON)
     c.invalid = True
@@ -33,7 +34,7 @@ def test_round_robin_skips_resting_and_invalid_accounts() -> None:
 
 def test_a_rest_ends_at_the_reset() -> None:
     accounts = pool(1)
-    (a,) = accounts.accounts
+    (a,) = accounts.tokens
     assert accounts.rest(a, BOT, NOON) == MIDNIGHT
     assert accounts.pick(BOT, MIDNIGHT - 1) is None
     assert accounts.earliest_return(BOT, NOON) == MIDNIGHT
@@ -43,14 +44,14 @@ def test_a_rest_ends_at_the_reset() -> None:
 
 def test_asking_without_advancing_keeps_the_turn() -> None:
     accounts = pool()
-    first = accounts.accounts[0]
+    first = accounts.tokens[0]
     assert accounts.pick(BOT, NOON, advance=False) is first
     assert accounts.pick(BOT, NOON) is first
 
 
 def test_states_and_daily_counts() -> None:
     accounts = pool(2)
-    a, b = accounts.accounts
+    a, b = accounts.tokens
     accounts.rest(a, BOT, NOON)
     assert accounts.state(a, [BOT], NOON) is TokenState.RESTING
     assert accounts.state(a, [BOT, OTHER_BOT], NOON) is TokenState.HEALTHY
@@ -66,9 +67,9 @@ def test_states_and_daily_counts() -> None:
 
 def test_restore_takes_over_the_stored_state() -> None:
     accounts = pool(2)
-    a, b = accounts.accounts
+    a, b = accounts.tokens
     accounts.restore(
-        {b.fingerprint: TokenRow(b.fingerprint, invalid=True, day_start=0.0, requests_today=5)},
+        {b.fingerprint: StoredToken(b.fingerprint, invalid=True, day_start=0.0, requests_today=5)},
         {(a.fingerprint, BOT): MIDNIGHT, ("someone-else", BOT): MIDNIGHT},
         {OTHER_BOT: MIDNIGHT},
     )

@@ -1,21 +1,23 @@
-"""What survives a restart, in SQLite: threads, the conversation map, token and model rests.
+"""The `Store` in SQLite, so threads, conversations, tokens and rests survive a restart.
 
 One aiosqlite connection (WAL, so readers never block). A write returns once committed, but
 writes that arrive together share one commit: at a thousand open streams a commit each would
-cost more than the rest of the request. The schema is versioned: `MIGRATIONS[n]` takes a
-database from version n to n + 1.
+cost more than the rest of the request. Each write sits in its own savepoint, so a failed one
+leaves nothing of itself and spoils none of the others. The schema is versioned:
+`MIGRATIONS[n]` takes a database from version n to n + 1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
+
+from bot.store import StoredToken
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: threads the bridge created, conversations continuing in them, user-token health.
@@ -57,18 +59,12 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-@dataclass(frozen=True, slots=True)
-class TokenRow:
-    fingerprint: str
-    invalid: bool
-    day_start: float
-    requests_today: int
-
-
 Statement = tuple[str, tuple[object, ...]]
 
 
-class Store:
+class SqliteStore:
+    """Meets `bot.store.Store`; open it with `open_sqlite_store`."""
+
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self._queued: list[tuple[tuple[Statement, ...], asyncio.Future[None]]] = []
@@ -102,7 +98,7 @@ class Store:
 
     async def idle_threads(self, before: float) -> list[int]:
         async with self._db.execute(
-            "SELECT thread_id FROM threads WHERE last_used < ? ORDER BY last_used", (before,)
+            "SELECT thread_id FROM threads WHERE last_used < ? ORDER BY last_used, thread_id", (before,)
         ) as cursor:
             return [int(row[0]) for row in await cursor.fetchall()]
 
@@ -116,24 +112,23 @@ class Store:
 
     async def remember(self, key: str, thread_id: int, now: float) -> None:
         """Map the conversation to its thread, and mark the thread used."""
+        # Selecting the thread, not trusting the caller, makes a thread forgotten meanwhile a
+        # quiet no-op instead of a foreign-key failure.
         await self._write(
             ("UPDATE threads SET last_used = ? WHERE thread_id = ?", (now, thread_id)),
-            ("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?)", (key, thread_id, now)),
+            (
+                "INSERT OR REPLACE INTO conversations SELECT ?, thread_id, ? FROM threads WHERE thread_id = ?",
+                (key, now, thread_id),
+            ),
         )
 
-    async def count(self, table: str) -> int:
-        assert table in ("threads", "conversations", "tokens", "token_rests", "model_rests")
-        async with self._db.execute(f"SELECT count(*) FROM {table}") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
-
     # Accounts.
-    async def tokens(self) -> dict[str, TokenRow]:
+    async def tokens(self) -> dict[str, StoredToken]:
         async with self._db.execute("SELECT * FROM tokens") as cursor:
             rows = await cursor.fetchall()
-        return {row[0]: TokenRow(row[0], bool(row[1]), float(row[2]), int(row[3])) for row in rows}
+        return {row[0]: StoredToken(row[0], bool(row[1]), float(row[2]), int(row[3])) for row in rows}
 
-    async def save_token(self, row: TokenRow) -> None:
+    async def save_token(self, row: StoredToken) -> None:
         await self._write(
             (
                 "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?)",
@@ -172,7 +167,7 @@ class Store:
         try:
             while self._queued:
                 batch, self._queued = self._queued, []
-                outcomes = await self._run(statements for statements, _ in batch)
+                outcomes = await self._run([statements for statements, _ in batch])
                 for (_, committed), outcome in zip(batch, outcomes, strict=True):
                     if outcome is None:
                         committed.set_result(None)
@@ -193,23 +188,33 @@ class Store:
         finally:
             self._committer = None
 
-    async def _run(self, batch: Iterable[tuple[Statement, ...]]) -> list[sqlite3.Error | None]:
+    async def _run(self, batch: Sequence[tuple[Statement, ...]]) -> list[sqlite3.Error | None]:
         """Each write's statements, then one commit; a failed write does not spoil the others."""
         outcomes: list[sqlite3.Error | None] = []
-        for statements in batch:
-            try:
-                for sql, params in statements:
-                    await self._db.execute(sql, params)
-            except sqlite3.Error as exc:
-                outcomes.append(exc)
-            else:
-                outcomes.append(None)
         try:
+            await self._db.execute("BEGIN")
+            for statements in batch:
+                await self._db.execute("SAVEPOINT write")
+                try:
+                    for sql, params in statements:
+                        await self._db.execute(sql, params)
+                except sqlite3.Error as exc:
+                    if not self._db.in_transaction:
+                        # Some errors (disk full, I/O) make SQLite roll back the whole transaction:
+                        # the writes before this one are lost too, and must not be told otherwise.
+                        raise
+                    await self._db.execute("ROLLBACK TO write")
+                    await self._db.execute("RELEASE write")
+                    outcomes.append(exc)
+                else:
+                    await self._db.execute("RELEASE write")
+                    outcomes.append(None)
             await self._db.commit()
-            self.commits += 1
         except sqlite3.Error as exc:
+            # Nothing of the batch is kept, and the next batch starts outside any transaction.
             await self._db.rollback()
-            return [exc] * len(outcomes)
+            return [exc] * len(batch)
+        self.commits += 1
         return outcomes
 
     async def drain(self) -> None:
@@ -219,14 +224,14 @@ class Store:
 
 
 @asynccontextmanager
-async def open_store(path: Path, *, schema: int = SCHEMA_VERSION) -> AsyncIterator[Store]:
+async def open_sqlite_store(path: Path, *, schema: int = SCHEMA_VERSION) -> AsyncIterator[SqliteStore]:
     """Open (creating the file and its folder) and migrate to `schema`; tests pass an older one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     async with aiosqlite.connect(path) as db:
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA synchronous = NORMAL")
         await db.execute("PRAGMA foreign_keys = ON")
-        store = Store(db)
+        store = SqliteStore(db)
         await store._migrate(schema)
         try:
             yield store

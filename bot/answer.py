@@ -1,0 +1,148 @@
+"""One answer: the prompt posted with the pool's tokens in turn, its reply followed, and said
+"continue" to while Coze cuts it off, the parts stitched into one completion."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Iterable, Sequence
+from dataclasses import replace
+
+from bot.config import CompletionSettings, ModelSettings
+from bot.continuation import CONTINUE_PROMPT, Transcript, is_cut_off
+from bot.follow import follow_reply
+from bot.gateway_state import GatewayState
+from bot.interface import (
+    ChatTurn,
+    CozeBusy,
+    CozeLimited,
+    Finished,
+    ImageFile,
+    ModelLimited,
+    ReplyEvent,
+    ServerShutdown,
+    TextDelta,
+)
+from bot.ledger import Attempts, InvalidToken, Ledger
+from bot.posting import Posting
+from bot.prompt import render_prompt, split_prompt
+from bot.router import Inbox, ReplyRouter
+from bot.seams import Clock
+
+# What makes a prompt go out again: with another token, or after a pause.
+RETRYABLE = (InvalidToken, CozeLimited, ModelLimited, CozeBusy)
+
+
+class Answering:
+    def __init__(
+        self,
+        *,
+        completion: CompletionSettings,
+        gateway: GatewayState,
+        router: ReplyRouter,
+        posting: Posting,
+        ledger: Ledger,
+        clock: Clock,
+        stopping: asyncio.Event,
+    ) -> None:
+        self._completion = completion
+        self._gateway = gateway
+        self._router = router
+        self._posting = posting
+        self._ledger = ledger
+        self._clock = clock
+        self._stopping = stopping
+
+    def check_running(self, *, posted: bool) -> None:
+        """Between stages: once shutdown began, nothing more is posted."""
+        if self._stopping.is_set():
+            raise ServerShutdown("the bridge is shutting down; send the request again", posted=posted)
+
+    async def answer(
+        self, inbox: Inbox, model: ModelSettings, turns: Sequence[ChatTurn], heartbeat: float
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """The whole answer: one reply, or several stitched when Coze cut it off."""
+        mention = f"<@{model.coze_bot_id}>"
+        chunks = split_prompt(render_prompt(turns), mention)
+        files = [image for turn in turns for image in turn.images]
+        transcript = Transcript()
+        images: list[str] = []
+        budget = self._completion.auto_continue
+        while True:
+            finished: Finished | None = None
+            async for event in self._exchange(
+                inbox, model, chunks, files, heartbeat, transcript, hide_ellipsis=transcript.parts < budget
+            ):
+                if isinstance(event, Finished):
+                    finished = event
+                else:
+                    yield event
+            assert finished is not None
+            images.extend(finished.images)
+            if transcript.parts < budget and finished.reason == "stop" and is_cut_off(finished.content):
+                transcript.next_part(finished.content)
+                chunks, files = [f"{mention} {CONTINUE_PROMPT}"], []
+                continue
+            text = transcript.shown(finished.content, final=True, hide_ellipsis=False)
+            content = with_image_links(text, images)
+            if rest := transcript.delta(content):
+                yield TextDelta(rest)
+            yield replace(finished, content=content, images=tuple(dict.fromkeys(images)))
+            return
+
+    async def _exchange(
+        self,
+        inbox: Inbox,
+        model: ModelSettings,
+        chunks: list[str],
+        files: Sequence[ImageFile],
+        heartbeat: float,
+        transcript: Transcript,
+        *,
+        hide_ellipsis: bool,
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """Post one prompt and follow its reply, moving to the next token when one is spent."""
+        attempts = Attempts(self._ledger, model, self._completion.busy_backoff_seconds)
+        while True:
+            token = attempts.next(self._clock(), posted=inbox.posted)
+            try:
+                async with self._posting.admission:
+                    self.check_running(posted=inbox.posted)
+                    await self._posting.post(inbox, model, chunks, files, token)
+                self._ledger.count_post(token, self._clock())
+                async for event in follow_reply(
+                    inbox,
+                    self._gateway,
+                    self._completion,
+                    heartbeat=heartbeat,
+                    transcript=transcript,
+                    hide_ellipsis=hide_ellipsis,
+                ):
+                    yield event
+                return
+            except RETRYABLE as exc:
+                pause = attempts.failed(token, exc, self._clock())
+            # Replies to the posts before this one no longer count, whatever went wrong.
+            self._router.retire_prompts(inbox)
+            if pause:
+                await self._pause(pause)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        self.check_running(posted=True)
+
+
+def with_image_links(text: str, urls: Iterable[str]) -> str:
+    """The answer with each image not already in its text appended as a markdown image link."""
+    seen: set[str] = set()
+    links: list[str] = []
+    for url in urls:
+        if url in seen or url in text:
+            continue
+        seen.add(url)
+        links.append(f"![image]({url})")
+    if not links:
+        return text
+    return (text.rstrip() + "\n\n" if text.strip() else "") + "\n".join(links)

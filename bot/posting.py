@@ -1,0 +1,102 @@
+"""Putting a prompt into Discord: a thread for a new conversation, then the prompt's messages.
+
+Discord's refusals are sorted here into what the caller can act on: a token that no longer
+posts (`InvalidToken`), a remembered thread that is gone (`ThreadGone`), or a send failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from bot.config import ModelSettings
+from bot.interface import ImageFile, PromptRequest, SendFailed
+from bot.ledger import InvalidToken
+from bot.rest import AllowedMentions, Credential, RestError
+from bot.router import Inbox, ReplyRouter
+from bot.seams import Channels, Poster
+from bot.token_pool import PoolToken
+
+THREAD_NAME_CHARS = 60
+THREAD_TIMEOUT = 10.0
+# Discord's answer to a user token that must verify its account (with 401: the token is dead).
+UNVERIFIED = 40002
+# A remembered thread that is gone: deleted (404), or archived and locked (50083).
+THREAD_ARCHIVED = 50083
+
+
+class ThreadGone(Exception):
+    """The conversation's thread no longer takes messages; start a new one."""
+
+
+class Posting:
+    def __init__(
+        self,
+        *,
+        poster: Poster,
+        channels: Channels,
+        router: ReplyRouter,
+        reader: Credential,
+        credentials: dict[str, Credential],
+        max_concurrent: int,
+    ) -> None:
+        self._poster = poster
+        self._channels = channels
+        self._router = router
+        self._reader = reader
+        self._credentials = credentials
+        # A burst of new requests would otherwise queue ahead of every open stream's next
+        # delta in the event loop.
+        self.admission = asyncio.Semaphore(max_concurrent)
+
+    async def open_thread(self, model: ModelSettings, request: PromptRequest) -> int:
+        # Over our own REST client: discord.py would build and cache a Thread object for each
+        # one, for good, and retry 5xx answers for ~25 s that a caller should not wait out.
+        if not self._channels.is_text_channel(model.channel_id):
+            raise SendFailed(f"channel {model.channel_id} is not a text channel the bot can see")
+        try:
+            async with asyncio.timeout(THREAD_TIMEOUT):
+                return await self._poster.create_thread(model.channel_id, thread_name(request), self._reader)
+        except RestError as exc:
+            raise SendFailed(f"Discord refused to create a thread ({exc})") from None
+        except TimeoutError:
+            raise SendFailed(f"Discord did not create a thread within {THREAD_TIMEOUT:g}s") from None
+
+    async def post(
+        self,
+        inbox: Inbox,
+        model: ModelSettings,
+        chunks: list[str],
+        files: Sequence[ImageFile],
+        token: PoolToken,
+    ) -> None:
+        credential = self._credentials[token.fingerprint]
+        # Only the Coze bot may be pinged, whatever the prompt text contains.
+        mentions: AllowedMentions = {"parse": [], "users": [str(model.coze_bot_id)]}
+        for index, chunk in enumerate(chunks):
+            # Images ride on the last message, the one that mentions the Coze bot.
+            attach = files if index == len(chunks) - 1 else ()
+            try:
+                message_id = await self._poster.post_message(
+                    inbox.channel_id,
+                    {"content": chunk, "allowed_mentions": mentions},
+                    credential,
+                    files=attach,
+                )
+            except RestError as exc:
+                raise _refusal(inbox, exc) from None
+            self._router.add_prompt(inbox, message_id)
+
+
+def _refusal(inbox: Inbox, exc: RestError) -> Exception:
+    if exc.status == 401 or exc.code == UNVERIFIED:
+        return InvalidToken(str(exc))
+    if not inbox.posted and (exc.status == 404 or exc.code == THREAD_ARCHIVED):
+        return ThreadGone()
+    return SendFailed(str(exc), posted=inbox.posted)
+
+
+def thread_name(request: PromptRequest) -> str:
+    last = next((turn.content for turn in reversed(request.turns) if turn.role == "user"), "")
+    words = " ".join(last.split())[:THREAD_NAME_CHARS] or "chat"
+    return f"{words} · {request.request_id[-8:]}"

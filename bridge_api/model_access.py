@@ -1,0 +1,47 @@
+"""Which model serves a caller: model names resolved for the caller's key, and the names it may see.
+
+A model with its own API keys is open only to callers presenting one of them.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bot.config import ModelSettings
+from bridge_api.appkeys import API_KEY, BACKEND, SETTINGS
+from bridge_api.bearer import matches_any
+from bridge_api.errors import APIError
+
+
+def resolve_model(request: web.Request, name: str) -> int:
+    """The index of the model that serves `name` for this caller, or 404 model_not_found."""
+    candidates = _usable_models(request)
+    for index, model in candidates:
+        if model.name == name:
+            return index
+    if candidates and request.app[SETTINGS].api.unknown_model == "first":
+        # Prefer a bot this key was given explicitly (coze-discord-proxy's bot_config.json).
+        return min(candidates, key=lambda item: not item[1].api_keys)[0]
+    raise APIError(
+        404,
+        f"The model '{name}' does not exist or you do not have access to it.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def visible_models(request: web.Request) -> list[str]:
+    """The model names this caller may use, each once, in the configured order."""
+    return list(dict.fromkeys(model.name for _, model in _usable_models(request)))
+
+
+def _usable_models(request: web.Request) -> list[tuple[int, ModelSettings]]:
+    """(index, model) of every model this caller's key opens."""
+    key = request.get(API_KEY)
+    return [(index, model) for index, model in enumerate(request.app[BACKEND].models) if _opens(key, model)]
+
+
+def _opens(key: str | None, model: ModelSettings) -> bool:
+    if not model.api_keys:
+        return True
+    return matches_any(key, (allowed.get_secret_value().encode() for allowed in model.api_keys))
