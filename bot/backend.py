@@ -63,6 +63,8 @@ class DiscordBackend:
         self._tasks = tasks
         self._coze_ids = frozenset(model.coze_bot_id for model in self._models)
         self._stopping = asyncio.Event()
+        # A reply that waited out an outage restarts its quiet period when the gateway returns.
+        gateway.on_return(router.wake_all)
         self._answering = Answering(
             completion=completion,
             gateway=gateway,

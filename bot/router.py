@@ -97,6 +97,11 @@ class ReplyRouter:
     def open_inboxes(self) -> list[Inbox]:
         return list(self._by_channel.values())
 
+    def wake_all(self) -> None:
+        """Have every waiting request look at the clock and the gateway again."""
+        for inbox in self._by_channel.values():
+            inbox.queue.put_nowait(WAKE)
+
     def end_all(self) -> None:
         """Wake every waiting request so it can end its reply cleanly (shutdown), now and later."""
         self._ended = True

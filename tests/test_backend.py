@@ -1,0 +1,324 @@
+"""The reply core on a virtual clock: token rotation, Coze's refusals, lost threads, early
+replies, auto-continue and shutdown at every stage, over a fake Discord (milliseconds each)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.config import CompletionSettings
+from bot.conversations import history_key
+from bot.interface import (
+    BridgeState,
+    ChatTurn,
+    CozeBusy,
+    CozeLimited,
+    Finished,
+    Idle,
+    ModelLimited,
+    NotReady,
+    ReplyEvent,
+    ReplyTimeout,
+    SendFailed,
+    ServerShutdown,
+    TextDelta,
+)
+from bot.rest import RestError
+from tests.backend_rig import COMPLETION, MIDNIGHT, NOON, Post, Reply, Rig, answer, make_rig
+
+pytestmark = pytest.mark.looptime
+
+DAILY = "You have exceeded the daily limit for sending messages to the bot. Please try again later."
+CREATOR = (
+    "The bot's usage is covered by the developer, but due to the developer's message credits being "
+    "exhausted, the bot is temporarily unavailable."
+)
+BUSY = "There are too many users now. Please try again a bit later."
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    async for made in make_rig():
+        yield made
+
+
+def text_of(events: list[ReplyEvent]) -> str:
+    return "".join(event.text for event in events if isinstance(event, TextDelta))
+
+
+def finished(events: list[ReplyEvent]) -> Finished:
+    assert isinstance(events[-1], Finished)
+    assert sum(isinstance(event, Finished) for event in events) == 1
+    return events[-1]
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def by_token(replies: dict[str, str]) -> object:
+    """A script that answers each token with its own text (a limit notice, say)."""
+    return lambda post: Reply([replies.get(post.token, "the answer")], marker=post.token not in replies)
+
+
+async def test_a_reply_streams_its_edits_and_ends_on_the_marker(rig: Rig) -> None:
+    start = now()
+    events = await rig.run(rig.ask())
+    assert text_of(events) == "Hello there, friend." == finished(events).content
+    assert finished(events).suggestions == ("More",)
+    assert now() - start == pytest.approx(2.0)  # created at 1 s, two more edits 0.5 s apart
+
+
+async def test_without_the_marker_the_quiet_period_ends_the_reply(rig: Rig) -> None:
+    rig.discord.script = answer("No buttons today.", marker=False)
+    start = now()
+    events = await rig.run(rig.ask())
+    assert finished(events).reason == "stop"
+    assert now() - start == pytest.approx(2.0 + COMPLETION.quiet_seconds)
+
+
+async def test_silence_is_a_timeout_after_the_first_reply_timeout(rig: Rig) -> None:
+    rig.discord.script = lambda post: None
+    start = now()
+    with pytest.raises(ReplyTimeout) as caught:
+        await rig.run(rig.ask())
+    assert caught.value.posted
+    assert now() - start == pytest.approx(COMPLETION.first_reply_timeout)
+
+
+async def test_idle_events_keep_a_long_wait_alive(rig: Rig) -> None:
+    rig.discord.script = answer("late", first=10.0)
+    events = await rig.run(rig.ask(), heartbeat=3.0)
+    assert [type(event) for event in events[:3]] == [Idle, Idle, Idle]
+    assert text_of(events) == "late"
+
+
+async def test_tokens_take_turns(rig: Rig) -> None:
+    for _ in range(3):
+        await rig.run(rig.ask())
+    assert rig.discord.tokens_used() == ["user token #1", "user token #2", "user token #1"]
+    await rig.writes.wait()
+    assert {row.requests_today for row in (await rig.store.tokens()).values()} == {1, 2}
+
+
+@pytest.mark.parametrize("error", [RestError("401", status=401), RestError("verify", status=403, code=40002)])
+async def test_a_refused_token_is_retired_and_the_next_one_posts(rig: Rig, error: RestError) -> None:
+    rig.discord.post_failures.append(("user token #1", error))
+    events = await rig.run(rig.ask())
+    assert text_of(events) == "Hello there, friend."
+    assert rig.discord.tokens_used() == ["user token #2"]
+    await rig.run(rig.ask())
+    assert rig.discord.tokens_used() == ["user token #2", "user token #2"], "the refused token is skipped"
+    await rig.writes.wait()
+    assert [row.invalid for row in (await rig.store.tokens()).values()].count(True) == 1
+
+
+async def test_a_daily_limit_rests_the_token_and_the_next_one_answers(rig: Rig) -> None:
+    rig.discord.script = by_token({"user token #1": DAILY})  # type: ignore[assignment]
+    events = await rig.run(rig.ask())
+    assert text_of(events) == "the answer", "the notice is never streamed"
+    assert rig.discord.tokens_used() == ["user token #1", "user token #2"]
+    assert len(set(post.channel_id for post in rig.discord.prompts())) == 1, "asked again in the same thread"
+    await rig.writes.wait()
+    assert list((await rig.store.token_rests()).values()) == [MIDNIGHT]
+
+
+async def test_when_every_token_rests_the_caller_learns_when_one_is_back(rig: Rig) -> None:
+    rig.discord.script = by_token({"user token #1": DAILY, "user token #2": DAILY})  # type: ignore[assignment]
+    with pytest.raises(CozeLimited) as caught:
+        await rig.run(rig.ask())
+    assert caught.value.posted
+    assert caught.value.retry_after == pytest.approx(MIDNIGHT - NOON, abs=60)
+    assert "daily limit" in caught.value.message
+    posted = len(rig.discord.posts)
+    with pytest.raises(CozeLimited) as again:
+        await rig.run(rig.ask())
+    assert not again.value.posted
+    assert len(rig.discord.posts) == posted, "nothing is posted while every token rests"
+
+
+async def test_the_creator_limit_rests_the_model(rig: Rig) -> None:
+    rig.discord.script = lambda post: Reply([CREATOR], marker=False)
+    with pytest.raises(ModelLimited) as caught:
+        await rig.run(rig.ask())
+    assert caught.value.retry_after == pytest.approx(MIDNIGHT - NOON, abs=60)
+    threads = len(rig.discord.threads)
+    with pytest.raises(ModelLimited):
+        await rig.run(rig.ask())
+    assert len(rig.discord.threads) == threads
+    await rig.writes.wait()
+    assert await rig.store.model_rests()
+
+
+async def test_busy_is_asked_again_with_growing_pauses(rig: Rig) -> None:
+    times: list[float] = []
+
+    def script(post: Post) -> Reply:
+        times.append(now())
+        return Reply([BUSY if len(times) < 3 else "at last"], marker=len(times) == 3, first=0.1)
+
+    rig.discord.script = script
+    events = await rig.run(rig.ask())
+    assert text_of(events) == "at last"
+    quiet = COMPLETION.quiet_seconds + 0.1
+    assert [round(b - a - quiet, 3) for a, b in itertools.pairwise(times)] == [2.0, 4.0]
+    assert len({post.channel_id for post in rig.discord.prompts()}) == 1
+
+
+async def test_busy_three_times_is_coze_busy(rig: Rig) -> None:
+    rig.discord.script = lambda post: Reply([BUSY], marker=False)
+    with pytest.raises(CozeBusy):
+        await rig.run(rig.ask())
+    assert len(rig.discord.prompts()) == 3
+
+
+async def test_a_lost_thread_is_replaced_and_the_whole_history_posted(rig: Rig) -> None:
+    first = await rig.run(rig.ask("first question"))
+    thread = rig.discord.prompts()[0].channel_id
+    rig.discord.gone_threads.add(thread)
+    follow_up = rig.request(
+        ("user", "first question"), ("assistant", finished(first).content), ("user", "second question")
+    )
+    events = await rig.run(follow_up)
+    assert text_of(events) == "Hello there, friend."
+    last = rig.discord.prompts()[-1]
+    assert last.channel_id != thread
+    assert "first question" in last.content
+    assert "second question" in last.content
+    await rig.writes.wait()
+    assert thread not in await rig.store.idle_threads(float("inf"))
+
+
+async def test_a_thread_lost_right_after_it_was_made_is_a_send_failure(rig: Rig) -> None:
+    rig.discord.post_failures.append((None, RestError("gone", status=404)))
+    with pytest.raises(SendFailed) as caught:
+        await rig.run(rig.ask())
+    assert not caught.value.posted
+
+
+async def test_a_follow_up_continues_in_the_thread_with_only_its_new_turn(rig: Rig) -> None:
+    first = await rig.run(rig.ask("first question"))
+    follow_up = rig.request(
+        ("user", "first question"), ("assistant", finished(first).content), ("user", "second question")
+    )
+    await rig.run(follow_up)
+    one, two = rig.discord.prompts()
+    assert one.channel_id == two.channel_id
+    assert "first question" not in two.content
+
+
+async def test_the_finish_goes_out_before_the_storage_write(rig: Rig) -> None:
+    gate = asyncio.Event()
+    remember = rig.store.remember
+
+    async def slow_remember(key: str, thread_id: int, at: float) -> None:
+        await gate.wait()
+        await remember(key, thread_id, at)
+
+    rig.store.remember = slow_remember  # type: ignore[method-assign]
+    first = await rig.run(rig.ask("first question"))  # returns while the write still waits
+    exchange = (ChatTurn("user", "first question"), ChatTurn("assistant", finished(first).content))
+    key = history_key("coze", exchange)
+    assert await rig.store.find_conversation(key) is None
+    follow_up = rig.request(
+        ("user", "first question"), ("assistant", finished(first).content), ("user", "second question")
+    )
+    await rig.run(follow_up)
+    one, two = rig.discord.prompts()
+    assert one.channel_id == two.channel_id, "an unwritten exchange is still found"
+    gate.set()
+    await rig.writes.wait()
+    assert await rig.store.find_conversation(key) == one.channel_id
+
+
+async def test_a_reply_that_beats_rest_is_kept(rig: Rig) -> None:
+    rig.discord.script = lambda post: Reply(["Qu", "Quick", "Quick one."], early=3)
+    start = now()
+    events = await rig.run(rig.ask())
+    assert text_of(events) == "Quick one."
+    assert now() - start == pytest.approx(0.0, abs=0.01), "the marker came with the early edits"
+
+
+async def test_auto_continue_stitches_a_cut_off_answer() -> None:
+    completion = CompletionSettings(**(COMPLETION.model_dump() | {"auto_continue": 2}))
+    async for rig in make_rig(completion=completion):
+        parts = iter(["The first part of a long answer ends here...", "ends here and then the rest."])
+        rig.discord.script = lambda post, parts=parts: Reply([next(parts)])
+        events = await rig.run(rig.ask())
+        assert text_of(events) == finished(events).content
+        assert finished(events).content == "The first part of a long answer ends here and then the rest."
+        assert rig.discord.prompts()[-1].content.endswith("continue")
+
+
+async def test_the_gateway_away_stops_the_quiet_period(rig: Rig) -> None:
+    rig.discord.script = answer("Held while away.", marker=False)
+    task = asyncio.ensure_future(rig.run(rig.ask()))
+    await rig.advance(2.5)  # loop time: the reply's edits are in
+    rig.gateway.set(BridgeState.DEGRADED)
+    await rig.advance(30)
+    assert not task.done(), "silence while the gateway is away proves nothing"
+    rig.gateway.set(BridgeState.READY)
+    returned = now()
+    events = await task
+    assert finished(events).reason == "stop"
+    assert now() - returned == pytest.approx(COMPLETION.quiet_seconds)
+
+
+# Shutdown at every stage: every request ends with ServerShutdown, and nothing more is posted.
+
+
+async def test_shutdown_while_following_a_reply(rig: Rig) -> None:
+    rig.discord.script = answer("never finished", first=100.0)
+    task = asyncio.ensure_future(rig.run(rig.ask()))
+    await rig.discord.wait_for_prompts(1)
+    rig.backend.begin_shutdown()
+    with pytest.raises(ServerShutdown) as caught:
+        await task
+    assert caught.value.posted
+
+
+async def test_shutdown_while_a_thread_is_being_made(rig: Rig) -> None:
+    rig.discord.thread_gate = asyncio.Event()
+    task = asyncio.ensure_future(rig.run(rig.ask()))
+    await rig.advance(1)
+    rig.backend.begin_shutdown()
+    rig.discord.thread_gate.set()
+    with pytest.raises(ServerShutdown) as caught:
+        await task
+    assert not caught.value.posted
+    assert rig.discord.posts == []
+
+
+async def test_shutdown_while_waiting_for_the_conversation(rig: Rig) -> None:
+    rig.discord.script = answer("slow", first=100.0)
+    first = asyncio.ensure_future(rig.run(rig.ask("one", conversation="c")))
+    await rig.discord.wait_for_prompts(1)
+    second = asyncio.ensure_future(rig.run(rig.ask("two", conversation="c")))
+    await rig.advance(1)
+    rig.backend.begin_shutdown()
+    for task, posted in ((first, True), (second, False)):
+        with pytest.raises(ServerShutdown) as caught:
+            await task
+        assert caught.value.posted is posted
+    assert len(rig.discord.prompts()) == 1
+
+
+async def test_shutdown_during_a_busy_pause(rig: Rig) -> None:
+    rig.discord.script = lambda post: Reply([BUSY], marker=False, first=0.1)
+    task = asyncio.ensure_future(rig.run(rig.ask()))
+    await rig.advance(COMPLETION.quiet_seconds + 1.0)  # the notice ended; the 2 s pause runs
+    rig.backend.begin_shutdown()
+    with pytest.raises(ServerShutdown):
+        await task
+    assert len(rig.discord.prompts()) == 1
+
+
+async def test_after_shutdown_new_requests_are_not_ready(rig: Rig) -> None:
+    rig.backend.begin_shutdown()
+    assert rig.backend.state is BridgeState.STOPPING
+    with pytest.raises(NotReady):
+        await rig.run(rig.ask())
+    assert rig.discord.posts == []
