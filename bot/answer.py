@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import replace
 
 from bot.config import CompletionSettings, ModelSettings
@@ -70,13 +71,15 @@ class Answering:
         budget = self._completion.auto_continue
         while True:
             finished: Finished | None = None
-            async for event in self._exchange(
+            exchange = self._exchange(
                 inbox, model, chunks, files, heartbeat, transcript, hide_ellipsis=transcript.parts < budget
-            ):
-                if isinstance(event, Finished):
-                    finished = event
-                else:
-                    yield event
+            )
+            async with aclosing(exchange):
+                async for event in exchange:
+                    if isinstance(event, Finished):
+                        finished = event
+                    else:
+                        yield event
             assert finished is not None
             images.extend(finished.images)
             if transcript.parts < budget and finished.reason == "stop" and is_cut_off(finished.content):
@@ -110,15 +113,17 @@ class Answering:
                     self.check_running(posted=inbox.posted)
                     await self._posting.post(inbox, model, chunks, files, token)
                 self._ledger.count_post(token, self._clock())
-                async for event in follow_reply(
+                reply = follow_reply(
                     inbox,
                     self._gateway,
                     self._completion,
                     heartbeat=heartbeat,
                     transcript=transcript,
                     hide_ellipsis=hide_ellipsis,
-                ):
-                    yield event
+                )
+                async with aclosing(reply):
+                    async for event in reply:
+                        yield event
                 return
             except RETRYABLE as exc:
                 pause = attempts.failed(token, exc, self._clock())

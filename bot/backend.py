@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 
 from bot.answer import Answering
 from bot.config import CompletionSettings, ModelSettings
@@ -132,17 +133,18 @@ class DiscordBackend:
             if plan.lock_key is not None:
                 plan = await conversations.plan(request, model.name)  # another request may have moved it on
             try:
-                async for event in self._in_thread(request, model, plan, heartbeat):
-                    yield event
+                async with aclosing(self._in_thread(request, model, plan, heartbeat)) as events:
+                    async for event in events:
+                        yield event
             except ThreadGone:
                 if plan.thread_id is None:
                     raise SendFailed("Discord lost the thread it had just created") from None
                 log.info("%s: thread %s is gone; starting a new one", request.request_id, plan.thread_id)
                 await conversations.forget(plan.thread_id)
-                async for event in self._in_thread(
-                    request, model, Plan(None, request.turns, None), heartbeat
-                ):
-                    yield event
+                fresh = Plan(None, request.turns, None)
+                async with aclosing(self._in_thread(request, model, fresh, heartbeat)) as events:
+                    async for event in events:
+                        yield event
 
     async def _in_thread(
         self, request: PromptRequest, model: ModelSettings, plan: Plan, heartbeat: float
@@ -155,10 +157,13 @@ class DiscordBackend:
             self._conversations.started(thread_id, model.name, self._clock())
         inbox = self._router.open(thread_id)
         try:
-            async for event in self._answering.answer(inbox, model, plan.turns, heartbeat):
-                if isinstance(event, Finished):
-                    # Before the event goes out: the caller stops reading at the finish chunk.
-                    self._conversations.finished(request, model.name, thread_id, event.content, self._clock())
-                yield event
+            async with aclosing(self._answering.answer(inbox, model, plan.turns, heartbeat)) as events:
+                async for event in events:
+                    if isinstance(event, Finished):
+                        # Before the event goes out: the caller stops reading at the finish chunk.
+                        self._conversations.finished(
+                            request, model.name, thread_id, event.content, self._clock()
+                        )
+                    yield event
         finally:
             self._router.close(inbox)
