@@ -86,7 +86,7 @@ class TokenPool:
         return None
 
     def next_reset(self, now: float) -> float:
-        return self.reset.next_after(datetime.fromtimestamp(now, UTC)).timestamp()
+        return self.reset.next_after(utc(now)).timestamp()
 
     def rest(self, token: PoolToken, coze_bot_id: int, now: float) -> float:
         until = self.next_reset(now)
@@ -112,13 +112,13 @@ class TokenPool:
         return min(times) if times else None
 
     def count_request(self, token: PoolToken, now: float) -> None:
-        today = self.reset.last_at_or_before(datetime.fromtimestamp(now, UTC)).timestamp()
+        today = self.reset.last_at_or_before(utc(now)).timestamp()
         if token.day_start != today:
             token.day_start, token.requests_today = today, 0
         token.requests_today += 1
 
     def requests_today(self, token: PoolToken, now: float) -> int:
-        today = self.reset.last_at_or_before(datetime.fromtimestamp(now, UTC)).timestamp()
+        today = self.reset.last_at_or_before(utc(now)).timestamp()
         return token.requests_today if token.day_start == today else 0
 
     def state(self, token: PoolToken, coze_bot_ids: Iterable[int], now: float) -> TokenState:

@@ -188,7 +188,11 @@ class Rig:
 
 
 async def make_rig(
-    *, tokens: int = 2, completion: CompletionSettings = COMPLETION, store: MemoryStore | None = None
+    *,
+    tokens: int = 2,
+    completion: CompletionSettings = COMPLETION,
+    store: MemoryStore | None = None,
+    max_concurrent_posts: int = 4,
 ) -> AsyncIterator[Rig]:
     loop = asyncio.get_running_loop()
     # The wall clock on the loop's time. looptime starts the loop's virtual time with the test
@@ -218,7 +222,7 @@ async def make_rig(
             router=router,
             reader=reader,
             credentials=credentials,
-            max_concurrent=4,
+            max_concurrent=max_concurrent_posts,
         ),
         history=discord,
         reader=reader,

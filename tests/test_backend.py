@@ -292,6 +292,21 @@ async def test_shutdown_while_a_thread_is_being_made(rig: Rig) -> None:
     assert rig.discord.posts == []
 
 
+async def test_shutdown_while_waiting_to_be_admitted() -> None:
+    async for rig in make_rig(max_concurrent_posts=1):
+        rig.discord.thread_gate = asyncio.Event()
+        tasks = [asyncio.ensure_future(rig.run(rig.ask(f"q{n}"))) for n in range(2)]
+        await rig.advance(1)  # one is making its thread, the other waits for its turn
+        rig.backend.begin_shutdown()
+        rig.discord.thread_gate.set()
+        for task in tasks:
+            with pytest.raises(ServerShutdown) as caught:
+                await task
+            assert not caught.value.posted
+        assert rig.discord.posts == []
+        assert len(rig.discord.threads) == 1
+
+
 async def test_shutdown_while_waiting_for_the_conversation(rig: Rig) -> None:
     rig.discord.script = answer("slow", first=100.0)
     first = asyncio.ensure_future(rig.run(rig.ask("one", conversation="c")))
