@@ -1,9 +1,11 @@
 """The `Store` in SQLite, so threads, conversations, tokens and rests survive a restart.
 
-One aiosqlite connection (WAL, so readers never block). A write returns once committed, but
-writes that arrive together share one commit: at a thousand open streams a commit each would
-cost more than the rest of the request. Each write sits in its own savepoint, so a failed one
-leaves nothing of itself and spoils none of the others. The schema is versioned:
+One connection, used from one worker thread (WAL, so readers never block). A write returns
+once committed, but writes that arrive together share one commit, and the whole batch is one
+call into the worker: at a thousand open streams a commit, or a thread hop, per statement
+would cost more than the rest of the request (aiosqlite makes one hop per statement, which
+is why this store drives `sqlite3` itself). Each write sits in its own savepoint, so a failed
+one leaves nothing of itself and spoils none of the others. The schema is versioned:
 `MIGRATIONS[n]` takes a database from version n to n + 1.
 """
 
@@ -11,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from bot.store import StoredToken
+
+T = TypeVar("T")
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: threads the bridge created, conversations continuing in them, user-token health.
@@ -60,35 +65,46 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 Statement = tuple[str, tuple[object, ...]]
+Row = tuple[Any, ...]
 
 
 class SqliteStore:
     """Meets `bot.store.Store`; open it with `open_sqlite_store`."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
+    def __init__(self, db: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
+        self._db = db  # touched only in the worker thread
+        self._worker = worker
         self._queued: list[tuple[tuple[Statement, ...], asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
         self.commits = 0
 
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` with the connection, in the worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, self._db)
+
+    async def _rows(self, sql: str, *params: object) -> list[Row]:
+        return await self.call(lambda db: db.execute(sql, params).fetchall())
+
     async def schema_version(self) -> int:
-        async with self._db.execute("SELECT version FROM schema_version") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        rows = await self._rows("SELECT version FROM schema_version")
+        return int(rows[0][0]) if rows else 0
 
     async def _migrate(self, target: int) -> None:
-        await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        await self.call(
+            lambda db: db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        )
         version = await self.schema_version()
         if version > SCHEMA_VERSION:
             raise RuntimeError(
                 f"the database has schema {version}, newer than this bridge's {SCHEMA_VERSION}"
             )
         for step in range(version, target):
-            # executescript commits first; each step then records its own version in one transaction.
-            await self._db.executescript(
+            # Each step records its own version in the same transaction.
+            script = (
                 f"BEGIN; {MIGRATIONS[step]}; DELETE FROM schema_version;"
                 f"INSERT INTO schema_version VALUES ({step + 1}); COMMIT;"
             )
+            await self.call(partial(_script, script=script))
 
     # Threads and conversations.
     async def add_thread(self, thread_id: int, model: str, now: float) -> None:
@@ -97,18 +113,17 @@ class SqliteStore:
         )
 
     async def idle_threads(self, before: float) -> list[int]:
-        async with self._db.execute(
-            "SELECT thread_id FROM threads WHERE last_used < ? ORDER BY last_used, thread_id", (before,)
-        ) as cursor:
-            return [int(row[0]) for row in await cursor.fetchall()]
+        rows = await self._rows(
+            "SELECT thread_id FROM threads WHERE last_used < ? ORDER BY last_used, thread_id", before
+        )
+        return [int(row[0]) for row in rows]
 
     async def forget_thread(self, thread_id: int) -> None:
         await self._write(("DELETE FROM threads WHERE thread_id = ?", (thread_id,)))
 
     async def find_conversation(self, key: str) -> int | None:
-        async with self._db.execute("SELECT thread_id FROM conversations WHERE key = ?", (key,)) as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else None
+        rows = await self._rows("SELECT thread_id FROM conversations WHERE key = ?", key)
+        return int(rows[0][0]) if rows else None
 
     async def remember(self, key: str, thread_id: int, now: float) -> None:
         """Map the conversation to its thread, and mark the thread used."""
@@ -124,8 +139,7 @@ class SqliteStore:
 
     # Accounts.
     async def tokens(self) -> dict[str, StoredToken]:
-        async with self._db.execute("SELECT * FROM tokens") as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._rows("SELECT * FROM tokens")
         return {row[0]: StoredToken(row[0], bool(row[1]), float(row[2]), int(row[3])) for row in rows}
 
     async def save_token(self, row: StoredToken) -> None:
@@ -137,8 +151,8 @@ class SqliteStore:
         )
 
     async def token_rests(self) -> dict[tuple[str, int], float]:
-        async with self._db.execute("SELECT fingerprint, coze_bot_id, until FROM token_rests") as cursor:
-            return {(row[0], int(row[1])): float(row[2]) for row in await cursor.fetchall()}
+        rows = await self._rows("SELECT fingerprint, coze_bot_id, until FROM token_rests")
+        return {(row[0], int(row[1])): float(row[2]) for row in rows}
 
     async def rest_token(self, fingerprint: str, coze_bot_id: int, until: float) -> None:
         await self._write(
@@ -146,8 +160,8 @@ class SqliteStore:
         )
 
     async def model_rests(self) -> dict[int, float]:
-        async with self._db.execute("SELECT coze_bot_id, until FROM model_rests") as cursor:
-            return {int(row[0]): float(row[1]) for row in await cursor.fetchall()}
+        rows = await self._rows("SELECT coze_bot_id, until FROM model_rests")
+        return {int(row[0]): float(row[1]) for row in rows}
 
     async def rest_model(self, coze_bot_id: int, until: float) -> None:
         await self._write(("INSERT OR REPLACE INTO model_rests VALUES (?, ?)", (coze_bot_id, until)))
@@ -167,7 +181,9 @@ class SqliteStore:
         try:
             while self._queued:
                 batch, self._queued = self._queued, []
-                outcomes = await self._run([statements for statements, _ in batch])
+                writes = [statements for statements, _ in batch]
+                outcomes = await self.call(partial(_run, batch=writes))
+                self.commits += 1
                 for (_, committed), outcome in zip(batch, outcomes, strict=True):
                     if outcome is None:
                         committed.set_result(None)
@@ -188,52 +204,71 @@ class SqliteStore:
         finally:
             self._committer = None
 
-    async def _run(self, batch: Sequence[tuple[Statement, ...]]) -> list[sqlite3.Error | None]:
-        """Each write's statements, then one commit; a failed write does not spoil the others."""
-        outcomes: list[sqlite3.Error | None] = []
-        try:
-            await self._db.execute("BEGIN")
-            for statements in batch:
-                await self._db.execute("SAVEPOINT write")
-                try:
-                    for sql, params in statements:
-                        await self._db.execute(sql, params)
-                except sqlite3.Error as exc:
-                    if not self._db.in_transaction:
-                        # Some errors (disk full, I/O) make SQLite roll back the whole transaction:
-                        # the writes before this one are lost too, and must not be told otherwise.
-                        raise
-                    await self._db.execute("ROLLBACK TO write")
-                    await self._db.execute("RELEASE write")
-                    outcomes.append(exc)
-                else:
-                    await self._db.execute("RELEASE write")
-                    outcomes.append(None)
-            await self._db.commit()
-        except sqlite3.Error as exc:
-            # Nothing of the batch is kept, and the next batch starts outside any transaction.
-            await self._db.rollback()
-            return [exc] * len(batch)
-        self.commits += 1
-        return outcomes
-
     async def drain(self) -> None:
         """Wait for every queued write (before closing the connection)."""
         while self._committer is not None:
             await asyncio.shield(self._committer)
 
 
+def _script(db: sqlite3.Connection, *, script: str) -> None:
+    db.executescript(script)
+
+
+def _run(db: sqlite3.Connection, *, batch: Sequence[tuple[Statement, ...]]) -> list[sqlite3.Error | None]:
+    """In the worker: each write's statements, then one commit; a failed write spoils no other."""
+    outcomes: list[sqlite3.Error | None] = []
+    try:
+        db.execute("BEGIN")
+        for statements in batch:
+            db.execute("SAVEPOINT write")
+            try:
+                for sql, params in statements:
+                    db.execute(sql, params)
+            except sqlite3.Error as exc:
+                if not db.in_transaction:
+                    # Some errors (disk full, I/O) make SQLite roll back the whole transaction:
+                    # the writes before this one are lost too, and must not be told otherwise.
+                    raise
+                db.execute("ROLLBACK TO write")
+                db.execute("RELEASE write")
+                outcomes.append(exc)
+            else:
+                db.execute("RELEASE write")
+                outcomes.append(None)
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        # Nothing of the batch is kept, and the next batch starts outside any transaction.
+        if db.in_transaction:
+            db.rollback()
+        return [exc] * len(batch)
+    return outcomes
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: the store says BEGIN and COMMIT itself.
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("PRAGMA foreign_keys = ON")
+    return db
+
+
 @asynccontextmanager
 async def open_sqlite_store(path: Path, *, schema: int = SCHEMA_VERSION) -> AsyncIterator[SqliteStore]:
     """Open (creating the file and its folder) and migrate to `schema`; tests pass an older one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    async with aiosqlite.connect(path) as db:
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = NORMAL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        store = SqliteStore(db)
-        await store._migrate(schema)
+    loop = asyncio.get_running_loop()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+    try:
+        db = await loop.run_in_executor(worker, _connect, path)
         try:
-            yield store
+            store = SqliteStore(db, worker)
+            await store._migrate(schema)
+            try:
+                yield store
+            finally:
+                await store.drain()
         finally:
-            await store.drain()
+            await loop.run_in_executor(worker, db.close)
+    finally:
+        worker.shutdown(wait=False)

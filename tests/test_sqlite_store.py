@@ -89,10 +89,8 @@ async def test_a_write_that_loses_the_whole_transaction_takes_the_earlier_ones_w
     async with open_sqlite_store(tmp_path / "bridge.db") as store:
         # A full disk makes SQLite roll back the whole transaction, not just the statement; the
         # writes before the failing one must then fail too rather than report a commit.
-        async with store._db.execute("PRAGMA page_count") as cursor:
-            row = await cursor.fetchone()
-        assert row is not None
-        await store._db.execute(f"PRAGMA max_page_count = {int(row[0]) + 1}")
+        pages = await store.call(lambda db: db.execute("PRAGMA page_count").fetchone()[0])
+        await store.call(lambda db: db.execute(f"PRAGMA max_page_count = {int(pages) + 1}"))
         results = await asyncio.gather(
             store.rest_model(7, until=1.0),
             store.save_token(StoredToken("x" * 100_000, invalid=False, day_start=0.0, requests_today=0)),
