@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import psutil
 
-from bot.connect import open_backend
+from bot.interface import open_discord_backend
 from bridge_api import app as bridge_app
 from bridge_api.settings import Settings, load_settings
 from simdiscord import PromptInfo, ReplyPlan, SimulatedDiscord
@@ -126,7 +126,7 @@ def soak_settings(sim: SimulatedDiscord, storage: Path) -> Settings:
 @contextlib.asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[str]:
     """The whole bridge (backend and HTTP app) on a free port; yields its base URL."""
-    async with open_backend(settings) as backend:
+    async with open_discord_backend(settings) as backend:
         async with asyncio.timeout(10):
             await backend.wait_ready()
         app = bridge_app.make_app(settings, 0, backend=backend)

@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from bot.connect import open_backend
-from bot.interface import Backend
+from bot.interface import Backend, open_discord_backend
 from bridge_api.appkeys import BACKEND, HTTP_CLIENT, KEYS, METRICS, SETTINGS
 from bridge_api.chat import chat_completions
 from bridge_api.imagegen import image_generations
@@ -61,7 +60,7 @@ def _backend_context(
             app[BACKEND] = given
             yield
             return
-        async with open_backend(settings) as backend:
+        async with open_discord_backend(settings) as backend:
             app[BACKEND] = backend
             log.info("bridge API on port %d, Discord at %s", port, settings.discord.api_base)
             yield

@@ -14,8 +14,7 @@ import discord
 import openai
 import pytest
 
-from bot.backend import DiscordBackend
-from bot.connect import open_backend
+from bot.interface import Backend, open_discord_backend
 from bridge_api.app import make_app, serving
 from bridge_api.settings import Settings, load_settings
 from simdiscord import SimulatedDiscord
@@ -46,7 +45,7 @@ def sim_settings(sim: SimulatedDiscord, folder: Path, **sections: Any) -> Settin
 @dataclass
 class Bridge:
     base_url: str
-    backend: DiscordBackend
+    backend: Backend
     http: aiohttp.ClientSession
     stack: contextlib.AsyncExitStack
 
@@ -75,7 +74,7 @@ async def start_bridge(sim: SimulatedDiscord, tmp_path: Path) -> AsyncIterator[B
         settings = settings or sim_settings(sim, tmp_path, **sections)
         stack = contextlib.AsyncExitStack()
         stacks.append(stack)
-        backend = await stack.enter_async_context(open_backend(settings))
+        backend = await stack.enter_async_context(open_discord_backend(settings))
         async with asyncio.timeout(10):
             await backend.wait_ready()
         _, port = await stack.enter_async_context(serving(make_app(settings, 0, backend=backend)))

@@ -225,7 +225,7 @@ async def test_metrics_show_faults_and_return_to_rest(sim: SimulatedDiscord, bri
     assert metrics[("coze_bridge_upstream_errors_total", (("kind", "discord_send_failed"),))] == 1
     assert metrics[("coze_bridge_open_streams", ())] == 0
     assert metrics[("coze_bridge_gateway_state", (("state", "ready"),))] == 1
-    assert bridge.backend.open_replies == 0
+    assert bridge.backend.status().open_replies == 0
 
 
 async def test_client_disconnect_releases_the_request_at_once(sim: SimulatedDiscord, bridge: Bridge) -> None:
@@ -238,11 +238,13 @@ async def test_client_disconnect_releases_the_request_at_once(sim: SimulatedDisc
     async for line in resp.content:
         if b'"content":"x' in line:
             break
-    assert bridge.backend.open_replies == 1
+    assert bridge.backend.status().open_replies == 1
     resp.close()
     async with asyncio.timeout(3):
         # Each pass awaits a /metrics read, which lets the server finish the cancelled handler.
-        while (await read_metrics(bridge))[("coze_bridge_open_streams", ())] or bridge.backend.open_replies:
+        while (await read_metrics(bridge))[
+            ("coze_bridge_open_streams", ())
+        ] or bridge.backend.status().open_replies:
             pass
     sim.script = lambda prompt: ReplyPlan(text="next one works", step_delay=0.002)
     async with bridge.openai() as client:
@@ -297,7 +299,7 @@ async def test_refused_thread_is_502_before_anything_is_posted(sim: SimulatedDis
 
 async def test_readiness_follows_the_gateway(sim: SimulatedDiscord, bridge: Bridge) -> None:
     # The test stands in for the connection code, the one writer of the gateway state.
-    gateway = bridge.backend._gateway
+    gateway = bridge.backend._gateway  # type: ignore[attr-defined]
     gateway.set(BridgeState.DEGRADED)
     async with bridge.http.get(f"{bridge.base_url}/readyz") as resp:
         assert resp.status == 503
