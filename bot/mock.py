@@ -60,14 +60,12 @@ class MockBackend:
         self.open_replies += 1
         events = aiter(self.handler(request))
         stop = asyncio.ensure_future(self._stopping.wait())
+        step: asyncio.Future[ReplyEvent] | None = None
         try:
             while True:
                 step = asyncio.ensure_future(anext(events))
                 await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
                 if not step.done():
-                    step.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await step
                     raise ServerShutdown("the bridge is shutting down; send the request again", posted=True)
                 try:
                     event = step.result()
@@ -75,7 +73,11 @@ class MockBackend:
                     return
                 yield event
         finally:
-            stop.cancel()
             self.open_replies -= 1
+            for pending in (step, stop):
+                if pending is not None and not pending.done():
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pending
             if isinstance(events, AsyncGenerator):
                 await events.aclose()

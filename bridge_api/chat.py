@@ -107,7 +107,7 @@ async def collect_reply(request: web.Request, backend: Backend, prompt: PromptRe
                     return event
     except BridgeError as exc:
         raise _bridge_error(request, exc) from None
-    raise APIError(502, "The Coze reply ended without finishing.", code="upstream_error")
+    raise _unfinished()
 
 
 async def _stream(
@@ -136,7 +136,7 @@ async def _stream(
                         await response.write(chunks.usage(usage(_prompt_text(prompt), event.content)))
                     break
             else:
-                error = APIError(502, "The Coze reply ended without finishing.", code="upstream_error")
+                error = _unfinished()
     except BridgeError as exc:
         error = _bridge_error(request, exc)
     except (ConnectionError, OSError):
@@ -171,6 +171,10 @@ def _first_token(request: web.Request) -> None:
     if FIRST_TOKEN not in request:
         request[FIRST_TOKEN] = now = time.perf_counter()
         request.app[METRICS].first_token.observe(now - request[STARTED])
+
+
+def _unfinished() -> APIError:
+    return APIError(502, "The Coze reply ended without finishing.", code="upstream_error")
 
 
 def _bridge_error(request: web.Request, exc: BridgeError) -> APIError:

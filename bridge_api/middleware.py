@@ -31,6 +31,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 CORS_METHODS = "GET, POST, OPTIONS"
+# What the log and metrics say of a request whose client left before its end (nginx's 499).
+CLIENT_GONE = 499
 
 
 @web.middleware
@@ -49,10 +51,19 @@ async def bridge_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = exc.response()
     except web.HTTPException as exc:
         response = APIError.from_http(exc).response()
+    except ConnectionResetError:
+        # The client went away mid-response: nothing more can be written, nothing failed here.
+        _record(request, CLIENT_GONE, started)
+        raise
     except Exception:
         log.exception("request %s failed", request[REQUEST_ID])
         response = server_error().response()
-    status = request.get(IN_BAND_ERROR, response.status)
+    _record(request, request.get(IN_BAND_ERROR, response.status), started)
+    return response
+
+
+def _record(request: web.Request, status: int, started: float) -> None:
+    """The request's metrics and its one log line."""
     elapsed = time.perf_counter() - started
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
@@ -70,7 +81,6 @@ async def bridge_middleware(request: web.Request, handler: Handler) -> web.Strea
         elapsed,
         f"{first - started:.3f}s" if first is not None else "-",
     )
-    return response
 
 
 async def add_common_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -117,6 +117,7 @@ async def test_stream_flag_as_bool_or_string(
 ) -> None:
     server: Server = await serve(answer("x"))
     resp = await server.post({"model": "coze", "messages": USER, "stream": stream})
+    await resp.read()
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/event-stream") is expect_sse
 
