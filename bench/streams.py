@@ -227,7 +227,7 @@ async def run_round(
                 if profile is not None:
                     spy = await asyncio.create_subprocess_exec(
                         "py-spy", "record", "--pid", str(proc.pid), "--format", "raw",
-                        "--rate", "200", "--nonblocking", "-o", profile,
+                        "--rate", "200", "--nonblocking", "--gil", "-o", profile,
                         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
                     )  # fmt: skip
                     await asyncio.sleep(1)  # py-spy attaches

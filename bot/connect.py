@@ -70,6 +70,7 @@ async def open_backend(config: BackendConfig) -> AsyncIterator[DiscordBackend]:
     ):
         pool.restore(await store.tokens(), await store.token_rests(), await store.model_rests())
         rest = DiscordRest(settings.api_base, session)
+        conversations = Conversations(store, writes)
         backend = DiscordBackend(
             models=models,
             completion=config.completion,
@@ -86,7 +87,7 @@ async def open_backend(config: BackendConfig) -> AsyncIterator[DiscordBackend]:
             history=rest,
             reader=bot,
             ledger=Ledger(pool, store, writes),
-            conversations=Conversations(store, writes),
+            conversations=conversations,
             clock=time.time,
             tasks=tasks,
         )
@@ -96,7 +97,7 @@ async def open_backend(config: BackendConfig) -> AsyncIterator[DiscordBackend]:
             tasks.spawn(gateway.run(), name="discord-gateway")
             tasks.spawn(
                 housekeeping_loop(
-                    store,
+                    conversations,
                     rest,
                     bot,
                     ttl_seconds=config.storage.thread_ttl_hours * 3600,

@@ -61,12 +61,15 @@ class Conversations:
         self._store = store
         self._writes = writes
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._unwritten: dict[str, int] = {}  # key -> thread, until the store has it
+        # What the store does not show yet: exchanges not yet written, threads not yet forgotten.
+        self._unwritten: dict[str, int] = {}
+        self._forgetting: set[int] = set()
 
     async def _find(self, key: str) -> int | None:
         if (thread_id := self._unwritten.get(key)) is not None:
             return thread_id
-        return await self._store.find_conversation(key)
+        thread_id = await self._store.find_conversation(key)
+        return None if thread_id in self._forgetting else thread_id
 
     async def plan(self, request: PromptRequest, model: str) -> Plan:
         if request.fresh:
@@ -125,6 +128,14 @@ class Conversations:
             if self._unwritten.get(key) == thread_id:
                 del self._unwritten[key]
 
+    async def idle_threads(self, before: float) -> list[int]:
+        return await self._store.idle_threads(before)
+
     async def forget(self, thread_id: int) -> None:
+        """The thread is gone or archived: nothing continues in it any more."""
         self._unwritten = {key: kept for key, kept in self._unwritten.items() if kept != thread_id}
-        await self._store.forget_thread(thread_id)
+        self._forgetting.add(thread_id)
+        try:
+            await self._store.forget_thread(thread_id)
+        finally:
+            self._forgetting.discard(thread_id)

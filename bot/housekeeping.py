@@ -7,8 +7,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from bot.conversations import Conversations
 from bot.rest import Credential, DiscordRest, RestError
-from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ MAX_INTERVAL = 3600.0
 
 
 async def archive_idle_threads(
-    store: Store,
+    conversations: Conversations,
     rest: DiscordRest,
     credential: Credential,
     *,
@@ -30,7 +30,7 @@ async def archive_idle_threads(
     Only threads in the bridge's own table are touched; a thread with a reply in flight waits.
     """
     archived: list[int] = []
-    for thread_id in await store.idle_threads(now - ttl_seconds):
+    for thread_id in await conversations.idle_threads(now - ttl_seconds):
         if thread_id in in_use():
             continue
         try:
@@ -40,7 +40,7 @@ async def archive_idle_threads(
             if exc.status not in (403, 404):
                 log.warning("could not archive thread %s: %s", thread_id, exc)
                 continue
-        await store.forget_thread(thread_id)
+        await conversations.forget(thread_id)
         archived.append(thread_id)
     if archived:
         log.info("archived %d idle thread(s)", len(archived))
@@ -48,7 +48,7 @@ async def archive_idle_threads(
 
 
 async def housekeeping_loop(
-    store: Store,
+    conversations: Conversations,
     rest: DiscordRest,
     credential: Credential,
     *,
@@ -59,7 +59,7 @@ async def housekeeping_loop(
     while True:
         try:
             await archive_idle_threads(
-                store, rest, credential, ttl_seconds=ttl_seconds, now=time.time(), in_use=in_use
+                conversations, rest, credential, ttl_seconds=ttl_seconds, now=time.time(), in_use=in_use
             )
         except Exception:
             log.exception("housekeeping failed; trying again in %.0fs", interval)

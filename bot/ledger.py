@@ -8,6 +8,7 @@ or Discord's refusals means for the next try (another token, a pause, or the end
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -32,20 +33,39 @@ class Ledger:
         self.pool = pool
         self._store = store
         self._writes = writes
+        # Tokens whose row changed since it was last written: a post changes one every request,
+        # and a single writer saves each changed row once, however many posts came meanwhile.
+        self._dirty: dict[str, PoolToken] = {}
+        self._saving = False
 
     def _persist(self, write: Coroutine[Any, Any, None]) -> None:
         self._writes.spawn(write, name="token-ledger")
 
+    def _changed(self, token: PoolToken) -> None:
+        self._dirty[token.fingerprint] = token
+        if not self._saving:
+            self._saving = True
+            self._persist(self._save_changed())
+
+    async def _save_changed(self) -> None:
+        try:
+            while self._dirty:
+                tokens, self._dirty = list(self._dirty.values()), {}
+                # Saved together, so they share one commit.
+                await asyncio.gather(*(self._store.save_token(token.stored()) for token in tokens))
+        finally:
+            self._saving = False
+
     def count_post(self, token: PoolToken, now: float) -> None:
         self.pool.count_request(token, now)
-        self._persist(self._store.save_token(token.stored()))
+        self._changed(token)
 
     def invalidate(self, token: PoolToken) -> None:
         if token.invalid:
             return
         log.error("%s was refused by Discord; it will not be used again", token.masked)
         token.invalid = True
-        self._persist(self._store.save_token(token.stored()))
+        self._changed(token)
 
     def rest_token(self, token: PoolToken, model: ModelSettings, now: float) -> float:
         until = self.pool.rest(token, model.coze_bot_id, now)

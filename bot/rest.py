@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # Waits longer than this are not worth holding an HTTP request for; the caller gets an error.
 MAX_RATE_LIMIT_WAIT = 30.0
 MAX_ATTEMPTS = 4
+THREAD_TIMEOUT = 10.0
 
 
 class Credential:
@@ -73,14 +74,20 @@ class DiscordRest:
         *,
         json: Any = None,
         form: Callable[[], aiohttp.FormData] | None = None,
+        attempt_seconds: float | None = None,
     ) -> Any:
-        """One call, waiting out 429s; `form` builds a multipart body afresh for each attempt."""
+        """One call, waiting out 429s; `form` builds a multipart body afresh for each attempt.
+
+        `attempt_seconds` bounds each attempt instead of the session's default.
+        """
         url = self.api_base + path
-        headers = {"Authorization": credential.authorization}
+        options: dict[str, Any] = {"headers": {"Authorization": credential.authorization}}
+        if attempt_seconds is not None:
+            options["timeout"] = aiohttp.ClientTimeout(total=attempt_seconds)
         for _attempt in range(MAX_ATTEMPTS):
             data = form() if form is not None else None
             try:
-                async with self._session.request(method, url, json=json, data=data, headers=headers) as resp:
+                async with self._session.request(method, url, json=json, data=data, **options) as resp:
                     body: Any = await resp.json(content_type=None) if resp.content_length != 0 else {}
                     if resp.status == 429:
                         await self._rate_limited(resp, body, credential)
@@ -94,7 +101,9 @@ class DiscordRest:
                             code=code if isinstance(code, int) else None,
                         )
                     return body
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            except TimeoutError:
+                raise RestError("Discord did not answer in time", status=None) from None
+            except (aiohttp.ClientError, ValueError) as exc:
                 raise RestError(f"Discord could not be reached ({type(exc).__name__})", status=None) from None
         raise RestError("Discord kept rate-limiting the request", status=429)
 
@@ -146,6 +155,8 @@ class DiscordRest:
             f"/channels/{channel_id}/threads",
             credential,
             json={"name": name, "type": 11, "auto_archive_duration": 60},
+            # A caller waits on this before anything streams; Discord's 5xx retries would take longer.
+            attempt_seconds=THREAD_TIMEOUT,
         )
         return int(created["id"])
 
