@@ -45,10 +45,14 @@ def normalise(text: str) -> str:
 
 
 _KEYS = tuple((normalise(text), trouble) for text, trouble in KNOWN_TEXTS)
+# Normalising only shrinks text, so a notice shows within this many characters of the start
+# (with room for Coze's extra spaces and punctuation); a long answer is not read to its end.
+_PREFIX_CHARS = 4 * max(len(text) for text, _ in KNOWN_TEXTS)
 
 
 def classify(reply: str) -> Trouble | None:
     """The trouble a finished reply reports, or None for an ordinary answer."""
+    reply = reply[:_PREFIX_CHARS]
     whole = normalise(reply)
     first_line = normalise(reply.strip().split("\n", 1)[0])
     for key, trouble in _KEYS:

@@ -131,9 +131,11 @@ async def _stream(
                 elif isinstance(event, Idle):
                     await response.write(PING)
                 else:
-                    await response.write(chunks.finish(event.reason))
+                    # The end in one write, before the backend's iterator is closed.
+                    ending = chunks.finish(event.reason)
                     if chat.include_usage:
-                        await response.write(chunks.usage(usage(_prompt_text(prompt), event.content)))
+                        ending += chunks.usage(usage(_prompt_text(prompt), event.content))
+                    await response.write(ending + DONE)
                     break
             else:
                 error = _unfinished()
@@ -150,10 +152,10 @@ async def _stream(
     if error is not None:
         # After the headers, the only way to report is in-band; the stream still ends cleanly.
         request[IN_BAND_ERROR] = error.status
+        notice = b""
         if request.app[SETTINGS].api.stream_errors_as_content:
-            await response.write(chunks.content(readable_notice(error, datetime.now(UTC))))
-        await response.write(sse(error.body()))
-    await response.write(DONE)
+            notice = chunks.content(readable_notice(error, datetime.now(UTC)))
+        await response.write(notice + sse(error.body()) + DONE)
     await response.write_eof()
     return response
 
