@@ -89,6 +89,8 @@ class Listener(discord.Client):
         )
 
     def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
+        if event == "socket_event_type":
+            return  # sent for every gateway event; nothing listens, and at a thousand streams it adds up
         if event in ("guild_available", "guild_join"):
             self._lifecycle(event, args[0].id)
         elif event in ("ready", "resumed", "disconnect"):

@@ -234,6 +234,29 @@ async def test_the_finish_goes_out_before_the_storage_write(rig: Rig) -> None:
     assert await rig.store.find_conversation(key) == one.channel_id
 
 
+async def test_a_thread_being_forgotten_is_not_continued(rig: Rig) -> None:
+    first = await rig.run(rig.ask("first question"))
+    thread = rig.discord.prompts()[0].channel_id
+    await rig.writes.wait()
+    gate = asyncio.Event()
+    forget_thread = rig.store.forget_thread
+
+    async def slow_forget(thread_id: int) -> None:
+        await gate.wait()
+        await forget_thread(thread_id)
+
+    rig.store.forget_thread = slow_forget  # type: ignore[method-assign]
+    forgetting = asyncio.ensure_future(rig.backend._conversations.forget(thread))  # as housekeeping does
+    await rig.advance(0)  # it has begun: the store still has the thread, until the gate opens
+    follow_up = rig.request(
+        ("user", "first question"), ("assistant", finished(first).content), ("user", "second question")
+    )
+    await rig.run(follow_up)
+    assert rig.discord.prompts()[-1].channel_id != thread, "the store still has it; it is going all the same"
+    gate.set()
+    await forgetting
+
+
 async def test_a_reply_that_beats_rest_is_kept(rig: Rig) -> None:
     rig.discord.script = lambda post: Reply(["Qu", "Quick", "Quick one."], early=3)
     start = now()
