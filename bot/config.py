@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, SecretStr
 
 from bot.reset import ResetTime
 
@@ -19,6 +19,16 @@ def _reset_time(value: object) -> ResetTime:
 
 
 ResetTimeField = Annotated[ResetTime, PlainValidator(_reset_time), PlainSerializer(str)]
+
+
+def _non_blank(secret: SecretStr) -> SecretStr:
+    if not secret.get_secret_value().strip():
+        # An empty key would let anyone in who sends "Authorization: Bearer " and nothing more.
+        raise ValueError("an API key may not be empty")
+    return secret
+
+
+ApiKey = Annotated[SecretStr, AfterValidator(_non_blank)]
 
 DISCORD_API_BASE = "https://discord.com/api/v10"
 # With no [[models]] configured, the one Coze bot in [discord] is served under this name.
@@ -49,7 +59,7 @@ class ModelSettings(BaseModel):
     coze_bot_id: int
     channel_id: int
     # When given, only these API keys may use the model (they are accepted as API keys too).
-    api_keys: list[SecretStr] = Field(default_factory=list)
+    api_keys: list[ApiKey] = Field(default_factory=list)
 
 
 class CompletionSettings(BaseModel):

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bot.interface import StartupError
 from bot.store import StoredToken
 
 T = TypeVar("T")
@@ -102,8 +103,9 @@ class SqliteStore:
         )
         version = await self.schema_version()
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"the database has schema {version}, newer than this bridge's {SCHEMA_VERSION}"
+            raise StartupError(
+                f"the database has schema {version}, newer than this bridge's {SCHEMA_VERSION}: "
+                "a newer bridge wrote it"
             )
         for step in range(version, target):
             # Each step records its own version in the same transaction.
@@ -266,14 +268,20 @@ async def open_sqlite_store(
     path: Path, *, schema: int = SCHEMA_VERSION, window: float = BATCH_WINDOW
 ) -> AsyncIterator[SqliteStore]:
     """Open (creating the file and its folder) and migrate to `schema`; tests pass an older one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
     try:
-        db = await loop.run_in_executor(worker, _connect, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = await loop.run_in_executor(worker, _connect, path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(f"cannot open the database {path}: {exc}") from None
         try:
             store = SqliteStore(db, worker, window=window)
-            await store._migrate(schema)
+            try:
+                await store._migrate(schema)
+            except sqlite3.Error as exc:
+                raise StartupError(f"cannot use the database {path}: {exc}") from None
             try:
                 yield store
             finally:

@@ -19,7 +19,8 @@ def presented_key(request: web.Request) -> str | None:
 
 def matches_any(presented: str | None, accepted: Iterable[bytes]) -> bool:
     """Whether `presented` is one of `accepted` (False for none presented, or none accepted)."""
-    candidate = (presented or "").encode()
+    # aiohttp keeps a header's non-UTF-8 bytes as surrogates: they round-trip, and never match.
+    candidate = (presented or "").encode("utf-8", "surrogateescape")
     matched = False
     # Compare against every key, in constant time, so timing tells nothing about any of them.
     for key in accepted:

@@ -93,6 +93,8 @@ async def read_json(request: web.Request) -> object:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "The request body is nested too deeply.", code="invalid_json") from None
 
 
 async def collect_reply(request: web.Request, backend: Backend, prompt: PromptRequest) -> Finished:

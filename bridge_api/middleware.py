@@ -31,6 +31,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 CORS_METHODS = "GET, POST, OPTIONS"
+# A caller's path or model name, as logged: no forged log lines, no megabyte lines.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+LOGGED_CHARS = 200
 # What the log and metrics say of a request whose client left before its end (nginx's 499).
 CLIENT_GONE = 499
 
@@ -62,6 +65,12 @@ async def bridge_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
+def loggable(text: str) -> str:
+    """A caller's text fit for one log line: control characters escaped, cut to a sane length."""
+    text = CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+    return text if len(text) <= LOGGED_CHARS else text[:LOGGED_CHARS] + "..."
+
+
 def _record(request: web.Request, status: int, started: float) -> None:
     """The request's metrics and its one log line."""
     elapsed = time.perf_counter() - started
@@ -75,8 +84,8 @@ def _record(request: web.Request, status: int, started: float) -> None:
         "%s %s %s model=%s -> %s in %.3fs (first token %s)",
         request[REQUEST_ID],
         request.method,
-        request.path,
-        request.get(MODEL, "-"),
+        loggable(request.path),
+        loggable(request.get(MODEL, "-")),
         status,
         elapsed,
         f"{first - started:.3f}s" if first is not None else "-",

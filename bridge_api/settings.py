@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from bot.config import (
     DEFAULT_MODEL,
     AccountSettings,
+    ApiKey,
     CompletionSettings,
     DiscordSettings,
     ModelSettings,
@@ -27,7 +28,7 @@ class ApiSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    keys: list[SecretStr] = Field(default_factory=list)
+    keys: list[ApiKey] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     # NextChat aborts a stream that shows no bytes for 60 s; Coze can be slower than that to start.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.interface import StartupError
 from bot.sqlite_store import SCHEMA_VERSION, open_sqlite_store
 from bot.store import StoredToken
 
@@ -44,7 +45,7 @@ async def test_a_newer_database_is_refused(tmp_path: Path) -> None:
         pass
     with sqlite3.connect(path) as db:
         db.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(StartupError, match="newer"):
         async with open_sqlite_store(path):
             pass
 
