@@ -37,6 +37,10 @@ class ApiSettings(BaseModel):
     stream_errors_as_content: bool = False
     # Images a caller sends (image_url parts) are fetched or decoded up to this size each.
     max_image_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    # All attachments of one prompt together: Discord's limit for an account without Nitro.
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # A prompt longer than this many Discord messages is refused before anything is posted.
+    max_prompt_messages: int = Field(default=10, ge=1)
     # "error": an unknown model is 404 model_not_found; "first": the first model answers it.
     unknown_model: Literal["error", "first"] = "error"
 
@@ -46,6 +50,9 @@ class ImageSettings(BaseModel):
 
     # What POST /v1/images/generations puts before the caller's prompt.
     instruction: str = "Draw an image: "
+    # Fetches for callers may reach loopback, private and link-local addresses (an operator whose
+    # images sit on their own LAN); off, no caller can make the bridge reach inside the host.
+    allow_private_networks: bool = False
 
 
 class Settings(BaseSettings):
