@@ -49,6 +49,7 @@ async def bridge_middleware(request: web.Request, handler: Handler) -> web.Strea
             response = web.Response(status=204)
         else:
             _check_key(request)
+            _check_form(request)
             response = await handler(request)
     except APIError as exc:
         response = exc.response()
@@ -116,11 +117,29 @@ def _is_preflight(request: web.Request) -> bool:
 
 
 def _allowed_origin(request: web.Request) -> str | None:
-    origins = request.app[SETTINGS].api.cors_origins
+    api = request.app[SETTINGS].api
+    if not request.app[KEYS] and not api.allow_no_auth:
+        return None  # without keys, no web page may read what the bridge answers
+    origins = api.cors_origins
     if "*" in origins:
         return "*"
     origin = request.headers.get("Origin")
     return origin if origin in origins else None
+
+
+def _check_form(request: web.Request) -> None:
+    # A page may POST text/plain or a form to any address without a preflight; the browser sends
+    # its Origin. JSON is what every real client sends, and it cannot come without a preflight.
+    if (
+        request.method == "POST"
+        and "Origin" in request.headers
+        and request.content_type != "application/json"
+    ):
+        raise APIError(
+            415,
+            "Requests from a browser must send their body as application/json.",
+            code="unsupported_media_type",
+        )
 
 
 def _check_key(request: web.Request) -> None:

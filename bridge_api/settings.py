@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -23,6 +24,15 @@ from bot.config import (
 from bridge_api.compat import BOT_CONFIG, CompatError, proxy_settings
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
 class ApiSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -30,7 +40,11 @@ class ApiSettings(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535)
     keys: list[ApiKey] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Browser origins that may call the API; they apply only once api.keys are set (or
+    # allow_no_auth is): without keys, any web page a local user opens could drive the bridge.
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    # Serve without API keys even beyond loopback, and to browser origins.
+    allow_no_auth: bool = False
     # NextChat aborts a stream that shows no bytes for 60 s; Coze can be slower than that to start.
     ping_seconds: float = Field(default=5.0, gt=0)
     # NextChat drops an in-band error frame and shows "empty response": also send it as text.
@@ -71,6 +85,15 @@ class Settings(BaseSettings):
         if not self.models and (self.discord.coze_bot_id is None or self.discord.channel_id is None):
             raise ValueError(
                 "set discord.coze_bot_id and discord.channel_id, or list the Coze bots in [[models]]"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_open_door(self) -> Settings:
+        if not self.accepted_keys() and not self.api.allow_no_auth and not is_loopback(self.api.host):
+            raise ValueError(
+                f"api.host {self.api.host!r} reaches beyond this machine, and no api.keys are set: "
+                "set api.keys, or api.allow_no_auth = true to serve anyone who can connect"
             )
         return self
 
