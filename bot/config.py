@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, SecretStr
 
@@ -48,6 +48,9 @@ class DiscordSettings(BaseModel):
     # Prompts being posted (thread, then message) at once; more wait their turn. A burst of new
     # requests otherwise queues ahead of every open stream's next delta in the event loop.
     max_concurrent_posts: int = Field(default=16, ge=1)
+    # A thread's title, which every member of the server can read: "neutral" is `chat · <id>`;
+    # "prompt" starts with the prompt's first words.
+    thread_names: Literal["neutral", "prompt"] = "neutral"
 
 
 class ModelSettings(BaseModel):

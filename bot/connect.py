@@ -83,6 +83,7 @@ async def open_backend(config: BackendConfig) -> AsyncIterator[DiscordBackend]:
                 reader=bot,
                 credentials=credentials,
                 max_concurrent=settings.max_concurrent_posts,
+                thread_names=settings.thread_names,
             ),
             history=rest,
             reader=bot,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Literal
 
 from bot.config import ModelSettings
 from bot.interface import ImageFile, PromptRequest, SendFailed
@@ -38,12 +39,14 @@ class Posting:
         reader: Credential,
         credentials: dict[str, Credential],
         max_concurrent: int,
+        thread_names: Literal["neutral", "prompt"] = "neutral",
     ) -> None:
         self._poster = poster
         self._channels = channels
         self._router = router
         self._reader = reader
         self._credentials = credentials
+        self._thread_names = thread_names
         # A burst of new requests would otherwise queue ahead of every open stream's next
         # delta in the event loop.
         self.admission = asyncio.Semaphore(max_concurrent)
@@ -53,8 +56,9 @@ class Posting:
         # one, for good, and retry 5xx answers for ~25 s that a caller should not wait out.
         if not self._channels.is_text_channel(model.channel_id):
             raise SendFailed(f"channel {model.channel_id} is not a text channel the bot can see")
+        name = thread_name(request, with_prompt=self._thread_names == "prompt")
         try:
-            return await self._poster.create_thread(model.channel_id, thread_name(request), self._reader)
+            return await self._poster.create_thread(model.channel_id, name, self._reader)
         except RestError as exc:
             raise SendFailed(f"Discord did not create a thread: {exc}") from None
 
@@ -92,7 +96,8 @@ def _refusal(inbox: Inbox, exc: RestError) -> Exception:
     return SendFailed(str(exc), posted=inbox.posted)
 
 
-def thread_name(request: PromptRequest) -> str:
+def thread_name(request: PromptRequest, *, with_prompt: bool) -> str:
+    """`chat · <id>`, or the prompt's first words: every member of the server reads titles."""
     last = next((turn.content for turn in reversed(request.turns) if turn.role == "user"), "")
-    words = " ".join(last.split())[:THREAD_NAME_CHARS] or "chat"
+    words = (" ".join(last.split())[:THREAD_NAME_CHARS] if with_prompt else "") or "chat"
     return f"{words} · {request.request_id[-8:]}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from simdiscord import ReplyPlan, SimulatedDiscord
 from tests.conftest import Bridge, BridgeFactory
 
@@ -147,3 +149,14 @@ async def test_idle_threads_are_archived_and_forgotten(
         bridge, [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "later"}]
     )
     assert sim.prompts_received[1].channel_id != thread.id, "a forgotten conversation starts afresh"
+
+
+@pytest.mark.parametrize(("names", "shows_prompt"), [("neutral", False), ("prompt", True)])
+async def test_thread_titles_keep_the_prompt_to_themselves(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory, names: str, shows_prompt: bool
+) -> None:
+    bridge: Bridge = await start_bridge(discord={"thread_names": names})
+    await ask(bridge, [{"role": "user", "content": "my salary is confidential"}])
+    title = sim.world.channels[sim.prompts_received[0].channel_id].name
+    assert ("salary" in title) is shows_prompt
+    assert title.startswith("my salary" if shows_prompt else "chat · ")
