@@ -20,6 +20,7 @@ from bot.interface import (
     Finished,
     ImageFile,
     ModelLimited,
+    PromptTooLong,
     ReplyEvent,
     ServerShutdown,
     TextDelta,
@@ -60,11 +61,16 @@ class Answering:
             raise ServerShutdown("the bridge is shutting down; send the request again", posted=posted)
 
     async def answer(
-        self, inbox: Inbox, model: ModelSettings, turns: Sequence[ChatTurn], heartbeat: float
+        self,
+        inbox: Inbox,
+        model: ModelSettings,
+        turns: Sequence[ChatTurn],
+        chunks: list[str],
+        heartbeat: float,
     ) -> AsyncGenerator[ReplyEvent, None]:
-        """The whole answer: one reply, or several stitched when Coze cut it off."""
+        """The whole answer to `chunks` (the turns' prompt messages): one reply, or several
+        stitched when Coze cut it off."""
         mention = f"<@{model.coze_bot_id}>"
-        chunks = split_prompt(render_prompt(turns), mention)
         files = [image for turn in turns for image in turn.images]
         transcript = Transcript()
         images: list[str] = []
@@ -137,6 +143,17 @@ class Answering:
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
         self.check_running(posted=True)
+
+
+def prompt_messages(turns: Sequence[ChatTurn], model: ModelSettings, limit: int) -> list[str]:
+    """The Discord messages that post `turns`; PromptTooLong past `limit`, before any is posted."""
+    chunks = split_prompt(render_prompt(turns), f"<@{model.coze_bot_id}>")
+    if len(chunks) > limit:
+        raise PromptTooLong(
+            f"The prompt would take {len(chunks)} Discord messages of 2000 characters; at most {limit} "
+            "may be posted for one request. Shorten the messages or start a new conversation."
+        )
+    return chunks
 
 
 def with_image_links(text: str, urls: Iterable[str]) -> str:

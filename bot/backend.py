@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
-from bot.answer import Answering
+from bot.answer import Answering, prompt_messages
 from bot.config import CompletionSettings, ModelSettings
 from bot.conversations import Conversations, Plan
 from bot.gateway_state import GatewayState
@@ -128,7 +128,7 @@ class DiscordBackend:
         self._ledger.check(model, self._clock())
         conversations = self._conversations
         plan = await conversations.plan(request, model.name)
-        async with conversations.hold(plan.lock_key):
+        async with conversations.hold(plan.lock_key, max_waiting=request.limits.max_waiting_per_conversation):
             self._answering.check_running(posted=False)
             if plan.lock_key is not None:
                 plan = await conversations.plan(request, model.name)  # another request may have moved it on
@@ -149,6 +149,7 @@ class DiscordBackend:
     async def _in_thread(
         self, request: PromptRequest, model: ModelSettings, plan: Plan, heartbeat: float
     ) -> AsyncGenerator[ReplyEvent, None]:
+        chunks = prompt_messages(plan.turns, model, request.limits.max_prompt_messages)
         thread_id = plan.thread_id
         if thread_id is None:
             async with self._posting.admission:
@@ -157,7 +158,9 @@ class DiscordBackend:
             self._conversations.started(thread_id, model.name, self._clock())
         inbox = self._router.open(thread_id)
         try:
-            async with aclosing(self._answering.answer(inbox, model, plan.turns, heartbeat)) as events:
+            async with aclosing(
+                self._answering.answer(inbox, model, plan.turns, chunks, heartbeat)
+            ) as events:
                 async for event in events:
                     if isinstance(event, Finished):
                         # Before the event goes out: the caller stops reading at the finish chunk.

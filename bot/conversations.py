@@ -18,21 +18,22 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from bot.interface import ChatTurn, PromptRequest
+from bot.interface import ChatTurn, ConversationBusy, PromptRequest
 from bot.store import Store
 from bot.tasks import TaskSet
 
 ROLES = {"developer": "system", "function": "tool"}
 
 
-def history_key(model: str, turns: Sequence[ChatTurn]) -> str:
-    """The key of a conversation so far; whitespace at either end of a turn does not matter."""
+def history_key(model: str, turns: Sequence[ChatTurn], *, caller: str = "", user: str | None = None) -> str:
+    """The key of a conversation so far, for one caller (and OpenAI `user`); whitespace at
+    either end of a turn does not matter."""
     normal = [[ROLES.get(turn.role, turn.role), turn.content.strip()] for turn in turns]
-    return "h:" + _digest([model, normal])
+    return "h:" + _digest([model, caller, user or "", normal])
 
 
-def named_key(model: str, conversation: str) -> str:
-    return "n:" + _digest([model, conversation])
+def named_key(model: str, conversation: str, *, caller: str = "") -> str:
+    return "n:" + _digest([model, caller, conversation])
 
 
 def _digest(value: object) -> str:
@@ -77,10 +78,11 @@ class Conversations:
         start = new_turns(request.turns)
         key: str | None
         if request.conversation is not None:
-            key = named_key(model, request.conversation)
+            key = named_key(model, request.conversation, caller=request.caller)
             thread_id = await self._find(key)
         elif start:
-            thread_id = await self._find(history_key(model, request.turns[:start]))
+            history = history_key(model, request.turns[:start], caller=request.caller, user=request.user)
+            thread_id = await self._find(history)
             key = f"t:{thread_id}" if thread_id is not None else None
         else:
             return Plan(None, request.turns, None)
@@ -89,12 +91,17 @@ class Conversations:
         return Plan(thread_id, request.turns[start:] or request.turns[-1:], key)
 
     @asynccontextmanager
-    async def hold(self, key: str | None) -> AsyncIterator[None]:
-        """One prompt in flight per conversation: later requests wait their turn."""
+    async def hold(self, key: str | None, *, max_waiting: int) -> AsyncIterator[None]:
+        """One prompt in flight per conversation: later requests wait their turn, a few of them."""
         if key is None:
             yield
             return
         lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        if users > max_waiting:  # one in flight, `max_waiting` behind it
+            raise ConversationBusy(
+                f"{users - 1} requests already wait for this conversation; send this one when they are done",
+                retry_after=5,
+            )
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:
@@ -115,9 +122,10 @@ class Conversations:
         if request.fresh:
             return
         if request.conversation is not None:
-            key = named_key(model, request.conversation)
+            key = named_key(model, request.conversation, caller=request.caller)
         else:
-            key = history_key(model, (*request.turns, ChatTurn("assistant", answer)))
+            exchange = (*request.turns, ChatTurn("assistant", answer))
+            key = history_key(model, exchange, caller=request.caller, user=request.user)
         self._unwritten[key] = thread_id
         self._writes.spawn(self._remember(key, thread_id, now), name="conversation-write")
 

@@ -44,15 +44,29 @@ class ChatTurn:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """What one request may ask of the backend (from the API's settings)."""
+
+    max_prompt_messages: int = 10  # Discord messages one prompt may take
+    max_waiting_per_conversation: int = 4  # requests waiting behind the one in flight
+
+
+@dataclass(frozen=True, slots=True)
 class PromptRequest:
     request_id: str
     model: str  # the name the caller asked for
     turns: tuple[ChatTurn, ...]
     route: int = 0  # index into `Backend.models`: the Coze bot that answers
-    # The caller's own conversation id (`user` or X-Conversation-Id), if it named one.
+    # The conversation the caller pinned (X-Conversation-Id or `conversation_id`), if any.
     conversation: str | None = None
+    # Whose conversations these are: the caller's API key ("" without keys). Conversations of
+    # one key are never found by another.
+    caller: str = field(default="", repr=False)
+    # OpenAI's `user`: it only keeps apart two users' identical histories; it pins nothing.
+    user: str | None = None
     # Always a new thread, never remembered as a conversation (image generation).
     fresh: bool = False
+    limits: Limits = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +143,18 @@ class UpstreamError(BridgeError):
 
 class ServerShutdown(BridgeError):
     code = "server_shutdown"
+
+
+class PromptTooLong(BridgeError):
+    """The prompt would take more Discord messages than a request may post."""
+
+    code = "context_length_exceeded"
+
+
+class ConversationBusy(BridgeError):
+    """Too many requests already wait for this conversation."""
+
+    code = "conversation_busy"
 
 
 class TokenState(enum.Enum):

@@ -13,10 +13,12 @@ from aiohttp import web
 
 from bot.interface import Backend, BridgeError, BridgeState, Finished, Idle, PromptRequest, TextDelta
 from bridge_api.appkeys import (
+    API_KEY,
     BACKEND,
     FIRST_TOKEN,
     HTTP_CLIENT,
     IN_BAND_ERROR,
+    KEYS,
     METRICS,
     MODEL,
     REQUEST_ID,
@@ -59,12 +61,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     images = await load_images(
         request.app[HTTP_CLIENT], [(param, url) for _, param, url in parts], settings.max_image_bytes
     )
-    # The header is set on purpose for this bridge; `user` may be filled in by a front-end.
-    conversation = request.headers.get("X-Conversation-Id", "").strip() or chat.user or None
+    # Only these pin a conversation: front-ends fill `user` with a user id, which would pin all
+    # of that user's chats to one thread.
+    conversation = request.headers.get("X-Conversation-Id", "").strip() or chat.conversation_id or None
     prompt = chat.prompt(
         request[REQUEST_ID],
         route=route,
         conversation=conversation,
+        caller=request.get(API_KEY, "") if request.app[KEYS] else "",
+        limits=settings.limits(),
         images=[(index, image) for (index, _, _), image in zip(parts, images, strict=True)],
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"

@@ -10,10 +10,12 @@ from pydantic import ValidationError
 
 from bot.interface import (
     BridgeError,
+    ConversationBusy,
     CozeBusy,
     CozeLimited,
     ModelLimited,
     NotReady,
+    PromptTooLong,
     ReplyTimeout,
     SendFailed,
     ServerShutdown,
@@ -33,7 +35,11 @@ BRIDGE_STATUS: dict[type[BridgeError], int] = {
     CozeBusy: 503,
     UpstreamError: 502,
     ServerShutdown: 503,
+    PromptTooLong: 400,
+    ConversationBusy: 429,
 }
+# The request field a bridge failure is about, where it is one.
+BRIDGE_PARAM: dict[type[BridgeError], str] = {PromptTooLong: "messages"}
 
 
 class APIError(Exception):
@@ -78,7 +84,13 @@ class APIError(Exception):
             headers["x-should-retry"] = "false"
         if exc.retry_after is not None:
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        return cls(BRIDGE_STATUS.get(type(exc), 502), exc.message, code=exc.code, headers=headers)
+        return cls(
+            BRIDGE_STATUS.get(type(exc), 502),
+            exc.message,
+            code=exc.code,
+            param=BRIDGE_PARAM.get(type(exc)),
+            headers=headers,
+        )
 
     @classmethod
     def from_http(cls, exc: web.HTTPException) -> APIError:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from bot.interface import ChatTurn, ImageFile, PromptRequest
+from bot.interface import ChatTurn, ImageFile, Limits, PromptRequest
 from bridge_api.errors import APIError, invalid_body
 
 
@@ -70,6 +70,9 @@ class ChatRequest(Lenient):
     stream: LenientBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # Pins a conversation like the X-Conversation-Id header: gateways such as one-api forward
+    # the body but drop headers they do not know.
+    conversation_id: str | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -91,6 +94,8 @@ class ChatRequest(Lenient):
         *,
         route: int,
         conversation: str | None,
+        caller: str,
+        limits: Limits,
         images: Sequence[tuple[int, ImageFile]] = (),
     ) -> PromptRequest:
         """The request for the backend; `images` are (message index, loaded image)."""
@@ -102,7 +107,14 @@ class ChatRequest(Lenient):
             for index, m in enumerate(self.messages)
         )
         return PromptRequest(
-            request_id=request_id, model=self.model, turns=turns, route=route, conversation=conversation
+            request_id=request_id,
+            model=self.model,
+            turns=turns,
+            route=route,
+            conversation=conversation,
+            caller=caller,
+            user=self.user,
+            limits=limits,
         )
 
 

@@ -21,6 +21,7 @@ from bot.config import (
     ModelSettings,
     StorageSettings,
 )
+from bot.interface import Limits
 from bridge_api.compat import BOT_CONFIG, CompatError, proxy_settings
 
 
@@ -55,6 +56,12 @@ class ApiSettings(BaseModel):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     # A prompt longer than this many Discord messages is refused before anything is posted.
     max_prompt_messages: int = Field(default=10, ge=1)
+    # Requests that may wait behind the one in flight on a conversation; more are 429.
+    max_waiting_per_conversation: int = Field(default=4, ge=0)
+
+    def limits(self) -> Limits:
+        return Limits(self.max_prompt_messages, self.max_waiting_per_conversation)
+
     # "error": an unknown model is 404 model_not_found; "first": the first model answers it.
     unknown_model: Literal["error", "first"] = "error"
 

@@ -15,6 +15,13 @@ def test_history_keys_ignore_whitespace_and_name_roles_alike() -> None:
     assert named_key("coze", "x") != named_key("coze", "y")
 
 
+def test_keys_belong_to_their_caller() -> None:
+    turns = [ChatTurn("user", "Hello")]
+    assert named_key("coze", "x", caller="sk-a") != named_key("coze", "x", caller="sk-b")
+    assert history_key("coze", turns, caller="sk-a") != history_key("coze", turns, caller="sk-b")
+    assert history_key("coze", turns, user="alice") != history_key("coze", turns, user="bob")
+
+
 def test_new_turns_begin_after_the_last_assistant_reply() -> None:
     assert new_turns([ChatTurn("user", "a")]) == 0
     turns = [ChatTurn("user", "a"), ChatTurn("assistant", "b"), ChatTurn("user", "c"), ChatTurn("user", "d")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -67,7 +68,10 @@ async def test_an_edited_history_starts_a_new_thread(sim: SimulatedDiscord, brid
     assert "Assistant: Something I never said." in two.content, "a new thread gets the whole history"
 
 
-async def test_a_named_conversation_header_wins_over_user(sim: SimulatedDiscord, bridge: Bridge) -> None:
+async def test_only_the_header_or_conversation_id_pins_a_thread(
+    sim: SimulatedDiscord, bridge: Bridge
+) -> None:
+    # Front-ends fill `user` with the user's id: it must not pin every chat of theirs to one thread.
     await ask(bridge, [{"role": "user", "content": "first"}], user="alice")
     await ask(bridge, [{"role": "user", "content": "second"}], user="alice")
     await ask(
@@ -77,11 +81,94 @@ async def test_a_named_conversation_header_wins_over_user(sim: SimulatedDiscord,
         extra_headers={"X-Conversation-Id": "work"},
     )
     await ask(bridge, [{"role": "user", "content": "fourth"}], extra_headers={"X-Conversation-Id": "work"})
-    first, second, third, fourth = sim.prompts_received
-    assert second.channel_id == first.channel_id
-    assert third.channel_id != first.channel_id
-    assert fourth.channel_id == third.channel_id
-    assert fourth.content == "fourth"
+    # Gateways such as one-api drop unknown headers but forward the body.
+    await ask(bridge, [{"role": "user", "content": "fifth"}], extra_body={"conversation_id": "work"})
+    first, second, third, fourth, fifth = sim.prompts_received
+    assert second.channel_id != first.channel_id
+    assert third.channel_id not in (first.channel_id, second.channel_id)
+    assert fourth.channel_id == third.channel_id == fifth.channel_id
+    assert (fourth.content, fifth.content) == ("fourth", "fifth")
+
+
+async def test_conversations_belong_to_their_api_key(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
+    bridge: Bridge = await start_bridge(api={"keys": ["sk-alice", "sk-mallory"]})
+
+    async def ask_as(key: str, text: str) -> None:
+        async with bridge.openai(api_key=key) as client:
+            await client.chat.completions.create(
+                model="coze",
+                messages=[{"role": "user", "content": text}],
+                extra_headers={"X-Conversation-Id": "project"},
+            )
+
+    await ask_as("sk-alice", "my secret plan")
+    await ask_as("sk-mallory", "what did we talk about?")
+    await ask_as("sk-alice", "go on")
+    alice, mallory, alice_again = sim.prompts_received
+    assert mallory.channel_id != alice.channel_id, "the same id under another key is another thread"
+    assert mallory.history == (), "nothing of the other caller's context"
+    assert alice_again.channel_id == alice.channel_id
+
+
+async def test_user_keeps_identical_histories_apart(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    first = [{"role": "user", "content": "Hello"}]
+    answer = await ask(bridge, first, user="alice")
+    await ask(bridge, first, user="bob")  # the same words, by someone else
+    follow = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "More"}]
+    await ask(bridge, follow, user="bob")
+    await ask(bridge, follow, user="alice")
+    alice, bob, bob_more, alice_more = sim.prompts_received
+    assert bob.channel_id != alice.channel_id
+    assert alice_more.channel_id == alice.channel_id
+    assert bob_more.channel_id == bob.channel_id
+
+
+async def test_a_conversation_takes_only_so_many_waiting(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
+    bridge: Bridge = await start_bridge(api={"max_waiting_per_conversation": 1})
+    sim.script = lambda prompt: ReplyPlan(text="never", silent=True)
+    header = {"X-Conversation-Id": "busy"}
+    body = {"model": "coze", "messages": [{"role": "user", "content": "q"}]}
+    url = f"{bridge.base_url}/v1/chat/completions"
+
+    async def status() -> tuple[int, str | None]:
+        async with bridge.http.post(url, json=body, headers=header) as resp:
+            return resp.status, (await resp.json())["error"]["code"] if resp.status != 200 else None
+
+    in_flight = asyncio.ensure_future(status())
+    async with asyncio.timeout(10):
+        await sim.wait_for(lambda: len(sim.prompts_received) == 1)
+    later = [asyncio.ensure_future(status()) for _ in range(3)]
+    refused: list[tuple[int, str | None]] = []
+    async with asyncio.timeout(10):
+        while len(refused) < 2:  # one of the three waits behind the one in flight
+            done, _ = await asyncio.wait(
+                [t for t in later if t not in refused], return_when=asyncio.FIRST_COMPLETED
+            )
+            refused.extend(done)  # type: ignore[arg-type]
+    assert sorted(task.result() for task in refused) == [(429, "conversation_busy")] * 2  # type: ignore[attr-defined]
+    assert len(sim.prompts_received) == 1
+    for task in [in_flight, *later]:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_prompt_too_long_for_discord_is_refused_before_posting(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
+    bridge: Bridge = await start_bridge(api={"max_prompt_messages": 2})
+    threads = len(sim.world.channels)
+    body = {"model": "coze", "messages": [{"role": "user", "content": "word " * 1000}]}
+    async with bridge.http.post(f"{bridge.base_url}/v1/chat/completions", json=body) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "messages")
+    assert sim.prompts_received == []
+    assert len(sim.world.channels) == threads, "not even a thread was made"
 
 
 async def test_concurrent_requests_on_one_conversation_take_turns(
