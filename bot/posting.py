@@ -7,16 +7,20 @@ posts (`InvalidToken`), a remembered thread that is gone (`ThreadGone`), or a se
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 from collections.abc import Sequence
 from typing import Literal
 
 from bot.config import ModelSettings
 from bot.interface import ImageFile, PromptRequest, SendFailed
 from bot.ledger import InvalidToken
-from bot.rest import AllowedMentions, Credential, RestError
+from bot.rest import AllowedMentions, Credential, MessageCreate, RestError
 from bot.router import Inbox, ReplyRouter
 from bot.seams import Channels, Poster
 from bot.token_pool import PoolToken
+
+log = logging.getLogger(__name__)
 
 THREAD_NAME_CHARS = 60
 # Discord's answer to a user token that must verify its account (with 401: the token is dead).
@@ -76,16 +80,36 @@ class Posting:
         for index, chunk in enumerate(chunks):
             # Images ride on the last message, the one that mentions the Coze bot.
             attach = files if index == len(chunks) - 1 else ()
+            payload: MessageCreate = {
+                "content": chunk,
+                "allowed_mentions": mentions,
+                "nonce": secrets.token_hex(12),
+                "enforce_nonce": True,
+            }
             try:
-                message_id = await self._poster.post_message(
-                    inbox.channel_id,
-                    {"content": chunk, "allowed_mentions": mentions},
-                    credential,
-                    files=attach,
-                )
+                message_id = await self._post_once(inbox.channel_id, payload, credential, attach)
             except RestError as exc:
                 raise _refusal(inbox, exc) from None
             self._router.add_prompt(inbox, message_id)
+
+    async def _post_once(
+        self, channel_id: int, payload: MessageCreate, credential: Credential, files: Sequence[ImageFile]
+    ) -> int:
+        """Post, and when the answer is lost on the way, ask once more with the same nonce: Discord
+        answers with the message if the first post made it, so a prompt is never posted twice."""
+        try:
+            return await self._poster.post_message(channel_id, payload, credential, files=files)
+        except RestError as exc:
+            if exc.status is not None:
+                raise  # Discord answered: nothing was lost on the way
+            log.info("a prompt post to %s got no answer (%s); asking again with its nonce", channel_id, exc)
+        try:
+            return await self._poster.post_message(channel_id, payload, credential, files=files)
+        except RestError as exc:
+            if exc.status is not None:
+                raise
+            # Twice no answer: the prompt may be in Discord, so the caller must not send it again.
+            raise SendFailed(f"Discord did not answer the prompt's post ({exc})", posted=True) from None
 
 
 def _refusal(inbox: Inbox, exc: RestError) -> Exception:

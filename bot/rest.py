@@ -47,6 +47,10 @@ class AllowedMentions(TypedDict):
 class MessageCreate(TypedDict, total=False):
     content: str
     allowed_mentions: AllowedMentions
+    # With enforce_nonce, Discord answers a second post with the same nonce (from the same
+    # user, within minutes) with the first message instead of making another.
+    nonce: str
+    enforce_nonce: bool
 
 
 class RestError(Exception):

@@ -48,6 +48,13 @@ def rate_limited(retry_after: float, headers: dict[str, str] | None = None) -> w
 class Fault:
     status: int
     retry_after: float | None = None
+    after: bool = False  # the call is carried out, then its answer is lost
+
+
+def _route(request: web.Request) -> str:
+    """The route's template without the API version, e.g. "/channels/{channel_id}/messages"."""
+    resource = request.match_info.route.resource
+    return re.sub(r"^/api/v\d+", "", resource.canonical if resource else "")
 
 
 class Rest:
@@ -90,12 +97,13 @@ class Rest:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/api/"):
             return await handler(request)
-        route = re.sub(
-            r"^/api/v\d+",
-            "",
-            request.match_info.route.resource.canonical if request.match_info.route.resource else "",
-        )
-        if fault := self._take_fault(f"{request.method} {route}"):
+        fault = self._take_fault(f"{request.method} {_route(request)}")
+        if fault is not None and fault.after:
+            await self._handled(request, handler)
+            if request.transport is not None:
+                request.transport.abort()  # done, but the caller never hears of it
+            return web.Response(status=499)
+        if fault is not None:
             if fault.status == 0 and request.transport is not None:
                 # A network failure: the connection dies without an answer.
                 request.transport.abort()
@@ -103,6 +111,9 @@ class Rest:
             if fault.status == 429:
                 return rate_limited(fault.retry_after or 0.1)
             return error(fault.status, "Simulated failure")
+        return await self._handled(request, handler)
+
+    async def _handled(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.endswith("/gateway"):
             return await handler(request)
         token = request.headers.get("Authorization", "")
@@ -111,7 +122,7 @@ class Rest:
             return error(401, "401: Unauthorized")
         request[ACCOUNT] = account
         verdict = self.limits.check(
-            token, f"{request.method} {route}", request.match_info.get("channel_id", "")
+            token, f"{request.method} {_route(request)}", request.match_info.get("channel_id", "")
         )
         if not verdict.allowed:
             return rate_limited(verdict.retry_after, verdict.headers)
@@ -126,13 +137,22 @@ class Rest:
         return response
 
     def fail_next(
-        self, method: str, route: str, status: int, *, times: int = 1, retry_after: float | None = None
+        self,
+        method: str,
+        route: str,
+        status: int,
+        *,
+        times: int = 1,
+        retry_after: float | None = None,
+        after: bool = False,
     ) -> None:
         """Make the next `times` calls of e.g. ("POST", "/channels/{channel_id}/messages") fail.
 
-        Status 0 drops the connection without an answer, like a network failure.
+        Status 0 drops the connection without an answer, like a network failure; with `after`
+        the call is carried out first (the message exists, its id never arrives).
         """
-        self.faults.setdefault(f"{method} {route}", []).extend([Fault(status, retry_after)] * times)
+        fault = Fault(status, retry_after, after)
+        self.faults.setdefault(f"{method} {route}", []).extend([fault] * times)
 
     def _take_fault(self, key: str) -> Fault | None:
         queue = self.faults.get(key)
@@ -194,6 +214,11 @@ class Rest:
             return error(400, "Invalid Form Body: too many attachments", 50035)
         if len(content) > MESSAGE_LIMIT:
             return error(400, "Invalid Form Body: content must be 2000 or fewer in length.", 50035)
+        nonce = body.get("nonce")
+        # Discord: the same nonce from the same user within minutes returns the first message.
+        existing = self.world.nonces.get((request[ACCOUNT].id, str(nonce)))
+        if body.get("enforce_nonce") and nonce is not None and existing is not None:
+            return reply(payloads.message(self.world, self.world.messages[existing]))
         if channel.archived:
             channel.archived = False  # posting in an archived (unlocked) thread reopens it
         reference = (body.get("message_reference") or {}).get("message_id")
@@ -207,6 +232,8 @@ class Rest:
             attachments=files,
         )
         self.world.add_message(message)
+        if body.get("enforce_nonce") and nonce is not None:
+            self.world.nonces[(request[ACCOUNT].id, str(nonce))] = message.id
         await self._on_message(message)
         if self.ack_after_reply and message.mentions:
             with contextlib.suppress(TimeoutError):

@@ -182,9 +182,16 @@ class SimulatedDiscord:
 
     # Faults.
     def fail_next(
-        self, method: str, route: str, status: int, *, times: int = 1, retry_after: float | None = None
+        self,
+        method: str,
+        route: str,
+        status: int,
+        *,
+        times: int = 1,
+        retry_after: float | None = None,
+        after: bool = False,
     ) -> None:
-        self.rest.fail_next(method, route, status, times=times, retry_after=retry_after)
+        self.rest.fail_next(method, route, status, times=times, retry_after=retry_after, after=after)
 
     def rate_limit(self, limit: int, *, window: float = 1.0) -> None:
         """Allow `limit` calls per route, channel and token in each `window` seconds; 429 past it."""

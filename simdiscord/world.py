@@ -94,6 +94,8 @@ class World:
         self.messages: dict[int, Message] = {}
         # Prompts whose Coze reply has gone out on the gateway.
         self.answered: set[int] = set()
+        # (author id, nonce) -> the message it created, for posts with enforce_nonce.
+        self.nonces: dict[tuple[int, str], int] = {}
         self.attachments: dict[int, Attachment] = {}
         # Discord's answers to a user token that cannot post: 401, or 403 code 40002.
         self.revoked: set[int] = set()

@@ -104,7 +104,7 @@ async def test_busy_three_times_is_503(sim: SimulatedDiscord, start_bridge: Brid
 
 async def test_send_failure_is_502_and_the_next_request_works(sim: SimulatedDiscord, bridge: Bridge) -> None:
     sim.script = lambda prompt: ReplyPlan(text="fine", step_delay=0.002)
-    for status in (500, 403, 0):  # 0: the connection drops (a network error)
+    for status in (500, 403):
         sim.fail_next("POST", "/channels/{channel_id}/messages", status)
         async with bridge.http.post(
             f"{bridge.base_url}/v1/chat/completions", json={"model": "coze", "messages": USER}
@@ -119,6 +119,29 @@ async def test_send_failure_is_502_and_the_next_request_works(sim: SimulatedDisc
     async with bridge.openai() as client:
         response = await client.chat.completions.create(model="coze", messages=USER)
     assert response.choices[0].message.content == "fine"
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["lost on the way", "its answer lost"])
+async def test_a_post_without_an_answer_is_asked_again_with_its_nonce(
+    sim: SimulatedDiscord, bridge: Bridge, after: bool
+) -> None:
+    sim.script = lambda prompt: ReplyPlan(text="exactly once", step_delay=0.002)
+    sim.fail_next("POST", "/channels/{channel_id}/messages", 0, after=after)
+    async with bridge.openai() as client:
+        response = await client.chat.completions.create(model="coze", messages=USER)
+    assert response.choices[0].message.content == "exactly once"
+    assert len(sim.prompts_received) == 1, "the prompt is in Discord once"
+
+
+async def test_no_answer_twice_is_502_that_must_not_be_retried(sim: SimulatedDiscord, bridge: Bridge) -> None:
+    sim.fail_next("POST", "/channels/{channel_id}/messages", 0, times=2, after=True)
+    async with bridge.http.post(
+        f"{bridge.base_url}/v1/chat/completions", json={"model": "coze", "messages": USER}
+    ) as resp:
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "discord_send_failed"
+        assert resp.headers["x-should-retry"] == "false", "the prompt may well be in Discord"
+    assert len(sim.prompts_received) == 1
 
 
 async def test_rate_limited_post_is_retried_after_retry_after(sim: SimulatedDiscord, bridge: Bridge) -> None:
