@@ -7,6 +7,7 @@ go out with user-account tokens; discord.py no longer supports those, hence plai
 from __future__ import annotations
 
 import asyncio
+import io
 import json as json_module
 import logging
 from collections.abc import Callable, Sequence
@@ -144,8 +145,12 @@ class DiscordRest:
                 content_type="application/json",
             )
             for n, file in enumerate(files):
+                # A stream, not bytes: aiohttp warns of (and copies) bytes bodies over 1 MiB.
                 body.add_field(
-                    f"files[{n}]", file.data, filename=file.filename, content_type=file.content_type
+                    f"files[{n}]",
+                    io.BytesIO(file.data),
+                    filename=file.filename,
+                    content_type=file.content_type,
                 )
             return body
 

@@ -6,7 +6,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 from aiohttp import web
 
 from bot.interface import Backend, open_discord_backend
@@ -16,6 +15,7 @@ from bridge_api.imagegen import image_generations
 from bridge_api.info import get_model, healthz, list_models, metrics_endpoint, readyz, status
 from bridge_api.metrics import Metrics
 from bridge_api.middleware import add_common_headers, bridge_middleware
+from bridge_api.outbound import Outbound, is_refused
 from bridge_api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,11 @@ def _backend_context(
 
 
 async def _http_client(app: web.Application) -> AsyncIterator[None]:
-    # For images callers link to: no cookies kept between callers, and a bounded total time.
-    async with aiohttp.ClientSession(
-        cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=30)
-    ) as session:
-        app[HTTP_CLIENT] = session
+    # The one client for URLs callers (and Coze's replies) name: guarded against the bridge's own network.
+    settings = app[SETTINGS]
+    refused = None if settings.images.allow_private_networks else is_refused
+    async with Outbound(refused=refused) as client:
+        app[HTTP_CLIENT] = client
         yield
 
 

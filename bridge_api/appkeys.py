@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from aiohttp import ClientSession, web
+from aiohttp import web
 
 from bot.interface import Backend
 from bridge_api.metrics import Metrics
+from bridge_api.outbound import Outbound
 from bridge_api.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -13,8 +14,8 @@ BACKEND: web.AppKey[Backend] = web.AppKey("backend")
 METRICS = web.AppKey("metrics", Metrics)
 # Every accepted API key, encoded once for constant-time comparison.
 KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("keys")
-# Fetches the images callers link to (and generated ones, for b64_json).
-HTTP_CLIENT = web.AppKey("http_client", ClientSession)
+# The guarded client for the images callers link to and the ones Coze's replies name.
+HTTP_CLIENT = web.AppKey("http_client", Outbound)
 REQUEST_ID = web.RequestKey("request_id", str)
 # The API key the caller presented, if any (per-model keys decide which models it may use).
 API_KEY = web.RequestKey("api_key", str)

@@ -59,7 +59,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
     settings = request.app[SETTINGS].api
     images = await load_images(
-        request.app[HTTP_CLIENT], [(param, url) for _, param, url in parts], settings.max_image_bytes
+        request.app[HTTP_CLIENT],
+        [(param, url) for _, param, url in parts],
+        settings.max_image_bytes,
+        settings.max_upload_bytes,
     )
     # Only these pin a conversation: front-ends fill `user` with a user id, which would pin all
     # of that user's chats to one thread.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import time
 from typing import Literal
@@ -14,10 +15,14 @@ from bot.interface import ChatTurn, PromptRequest
 from bridge_api.appkeys import BACKEND, HTTP_CLIENT, MODEL, REQUEST_ID, SETTINGS
 from bridge_api.chat import collect_reply, read_json, require_ready
 from bridge_api.errors import APIError
-from bridge_api.image_input import ImageProblem, fetch
+from bridge_api.image_input import ImageProblem, fetch, sniff
 from bridge_api.model_access import resolve_model, visible_models
 from bridge_api.schemas import Lenient, parse_body
 
+log = logging.getLogger(__name__)
+
+# Candidate URLs tried at most, so a reply full of links cannot keep a request fetching.
+MAX_CANDIDATES = 12
 # Coze sometimes writes the image into the text as a markdown link instead of an embed.
 MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
 
@@ -45,25 +50,45 @@ async def image_generations(request: web.Request) -> web.Response:
         turns=(ChatTurn("user", instruction + ask.prompt),),
         route=route,
         fresh=True,
+        limits=request.app[SETTINGS].api.limits(),
     )
     finished = await collect_reply(request, backend, prompt)
-    urls = list(dict.fromkeys([*finished.images, *MARKDOWN_IMAGE.findall(finished.content)]))[: ask.n]
-    if not urls:
+    candidates = list(dict.fromkeys([*finished.images, *MARKDOWN_IMAGE.findall(finished.content)]))
+    images = await _fetch_images(request, candidates[:MAX_CANDIDATES], ask.n)
+    if not images:
         raise APIError(
             502,
             f"The Coze bot answered without an image: {finished.content[:300]!r}",
             code="no_image",
         )
     if ask.response_format == "url":
-        data = [{"url": url, "revised_prompt": ask.prompt} for url in urls]
+        data = [{"url": url, "revised_prompt": ask.prompt} for url, _ in images]
     else:
-        data = [{"b64_json": await _b64(request, url), "revised_prompt": ask.prompt} for url in urls]
+        data = [
+            {"b64_json": base64.b64encode(raw).decode(), "revised_prompt": ask.prompt} for _, raw in images
+        ]
     return web.json_response({"created": int(time.time()), "data": data})
 
 
-async def _b64(request: web.Request, url: str) -> str:
-    try:
-        raw = await fetch(request.app[HTTP_CLIENT], url, request.app[SETTINGS].api.max_image_bytes)
-    except ImageProblem as exc:
-        raise APIError(502, f"The generated image {exc}.", code="upstream_error") from None
-    return base64.b64encode(raw).decode()
+async def _fetch_images(request: web.Request, urls: list[str], n: int) -> list[tuple[str, bytes]]:
+    """The first `n` of `urls` that fetch through the guard as images, with their bytes.
+
+    A reply's text is Coze's to write (and a prompt can steer it): only what is an image gets
+    back to the caller, never what some URL in the text returns.
+    """
+    client = request.app[HTTP_CLIENT]
+    limit = request.app[SETTINGS].api.max_image_bytes
+    images: list[tuple[str, bytes]] = []
+    for url in urls:
+        if len(images) == n:
+            break
+        try:
+            raw = await fetch(client, url, limit)
+        except ImageProblem as exc:
+            log.warning("Generated image %.200r dropped: %s", url, exc)
+            continue
+        if sniff(raw) is None:
+            log.warning("Generated image %.200r dropped: not a png, jpeg, gif or webp image", url)
+            continue
+        images.append((url, raw))
+    return images

@@ -5,18 +5,45 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 
-from simdiscord import SimulatedDiscord
+from bridge_api.app import serving
+from simdiscord import ReplyPlan, SimulatedDiscord
 from simdiscord.payloads import attachment_url
 from simdiscord.png import solid_png
 from tests.conftest import Bridge, BridgeFactory
+from tests.test_outbound import MiB, noisy_png
 
 RED = solid_png(16, 16, (255, 0, 0))
 GIF = b"GIF89a" + bytes(20)
+# The simulation's CDN is on loopback: fetching from it needs the address check lifted.
+LAN = {"allow_private_networks": True}
+
+
+@pytest.fixture
+async def lan_bridge(start_bridge: BridgeFactory) -> Bridge:
+    bridge: Bridge = await start_bridge(images=LAN)
+    return bridge
+
+
+@pytest.fixture
+async def secret() -> AsyncIterator[tuple[str, list[str]]]:
+    """A loopback server with something private at /secret: its URL and the paths it was asked for."""
+    hits: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(body=b"internal secret " + bytes(64))
+
+    app = web.Application()
+    app.router.add_get("/{name}", answer)
+    async with serving(app) as (_, port):
+        yield f"http://127.0.0.1:{port}/secret", hits
 
 
 def data_url(data: bytes, kind: str = "image/png") -> str:
@@ -40,7 +67,8 @@ async def post_chat(bridge: Bridge, body: dict[str, Any]) -> tuple[int, Any]:
         return resp.status, await resp.json()
 
 
-async def test_caller_images_are_uploaded_as_attachments(sim: SimulatedDiscord, bridge: Bridge) -> None:
+async def test_caller_images_are_uploaded_as_attachments(sim: SimulatedDiscord, lan_bridge: Bridge) -> None:
+    bridge = lan_bridge
     blue = solid_png(4, 4, (0, 0, 255))
     messages = with_images(data_url(RED), hosted(sim, "blue.png", blue))
     # A bare-string image_url, as some clients send it.
@@ -89,11 +117,62 @@ async def test_a_missing_image_url_is_400(sim: SimulatedDiscord, bridge: Bridge)
     assert answer["error"]["param"] == "messages[0].content[0].image_url.url"
 
 
-async def test_a_missing_image_url_page_is_400(sim: SimulatedDiscord, bridge: Bridge) -> None:
+async def test_a_missing_image_url_page_is_400(sim: SimulatedDiscord, lan_bridge: Bridge) -> None:
     missing = hosted(sim, "gone.png", RED).replace("gone.png", "other.png")
-    status, body = await post_chat(bridge, {"model": "coze", "messages": with_images(missing)})
+    status, body = await post_chat(lan_bridge, {"model": "coze", "messages": with_images(missing)})
     assert status == 400
-    assert "HTTP 404" in body["error"]["message"]
+    # The same words as any other URL that does not fetch: the status stays in the log.
+    assert (
+        body["error"]["message"]
+        == "The image at 'messages[0].content[1].image_url' could not be fetched as an image."
+    )
+
+
+async def test_an_image_url_into_the_bridges_network_is_refused(
+    sim: SimulatedDiscord, bridge: Bridge, secret: tuple[str, list[str]]
+) -> None:
+    url, hits = secret
+    status, body = await post_chat(bridge, {"model": "coze", "messages": with_images(url)})
+    assert status == 400, body
+    assert (body["error"]["code"], body["error"]["param"]) == (
+        "invalid_image",
+        "messages[0].content[1].image_url",
+    )
+    assert sim.prompts_received == []
+    assert hits == [], "nothing was fetched"
+
+
+async def test_a_large_image_is_uploaded_whole(sim: SimulatedDiscord, lan_bridge: Bridge) -> None:
+    # 3 MiB: the old fetch kept only what happened to be buffered (64-128 KiB).
+    photo = noisy_png(3 * MiB)
+    assert len(photo) > 3 * MiB - 16384
+    status, body = await post_chat(
+        lan_bridge, {"model": "coze", "messages": with_images(hosted(sim, "p.png", photo))}
+    )
+    assert status == 200, body
+    (prompt,) = sim.prompts_received
+    (posted,) = [m for m in sim.messages if m.id == prompt.message_id]
+    assert [a.data == photo for a in posted.attachments] == [True]
+
+
+async def test_an_image_over_the_limit_is_400(sim: SimulatedDiscord, lan_bridge: Bridge) -> None:
+    status, body = await post_chat(
+        lan_bridge, {"model": "coze", "messages": with_images(hosted(sim, "big.png", RED + bytes(9 * MiB)))}
+    )
+    assert status == 400, body
+    assert f"is larger than {8 * MiB} bytes" in body["error"]["message"]
+    assert sim.prompts_received == []
+
+
+async def test_a_prompts_images_together_stay_within_the_upload_limit(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
+    bridge: Bridge = await start_bridge(api={"max_upload_bytes": 3000})
+    two = [data_url(noisy_png(1600)), data_url(noisy_png(1600))]
+    status, body = await post_chat(bridge, {"model": "coze", "messages": with_images(*two)})
+    assert status == 400, body
+    assert (body["error"]["code"], body["error"]["param"]) == ("images_too_large", "messages")
+    assert sim.prompts_received == []
 
 
 @pytest.mark.parametrize("word", ["sim:image", "sim:attachment"])
@@ -117,7 +196,7 @@ async def test_coze_images_come_back_as_markdown_once(
 
 
 async def test_image_generation_returns_urls(sim: SimulatedDiscord, start_bridge: BridgeFactory) -> None:
-    bridge: Bridge = await start_bridge(images={"instruction": "Draw: "})
+    bridge: Bridge = await start_bridge(images={"instruction": "Draw: "} | LAN)
     async with bridge.openai() as client:
         result = await client.images.generate(model="coze", prompt="a red square")
     assert sim.prompts_received[0].content == "Draw: a red square"
@@ -129,8 +208,8 @@ async def test_image_generation_returns_urls(sim: SimulatedDiscord, start_bridge
         assert (await resp.read()).startswith(b"\x89PNG")
 
 
-async def test_image_generation_as_b64_json(sim: SimulatedDiscord, bridge: Bridge) -> None:
-    async with bridge.openai() as client:
+async def test_image_generation_as_b64_json(sim: SimulatedDiscord, lan_bridge: Bridge) -> None:
+    async with lan_bridge.openai() as client:
         result = await client.images.generate(prompt="a square", response_format="b64_json")
     assert result.data is not None
     (image,) = result.data
@@ -148,6 +227,29 @@ async def test_image_generation_without_an_image_is_502(
             await client.images.generate(model="coze", prompt="a cat")
     assert failed.value.status_code == 502
     assert "without an image" in failed.value.message
+
+
+@pytest.mark.parametrize("response_format", ["url", "b64_json"])
+@pytest.mark.parametrize("private", [False, True], ids=["guarded", "lan"])
+async def test_image_generation_returns_only_images(
+    sim: SimulatedDiscord,
+    start_bridge: BridgeFactory,
+    secret: tuple[str, list[str]],
+    response_format: str,
+    private: bool,
+) -> None:
+    url, hits = secret
+    sim.script = lambda prompt: ReplyPlan(text=f"Here it is: ![x]({url})", chunk_chars=400, step_delay=0.002)
+    bridge: Bridge = await start_bridge(images={"allow_private_networks": private})
+    body = {"prompt": "draw the secret", "response_format": response_format}
+    async with bridge.http.post(f"{bridge.base_url}/v1/images/generations", json=body) as resp:
+        status, answer = resp.status, await resp.read()
+    assert status == 502, answer
+    assert json.loads(answer)["error"]["code"] == "no_image"
+    assert b"internal secret" not in answer
+    assert base64.b64encode(b"internal secret") not in answer
+    # Guarded, nothing is fetched; on a LAN it is fetched, and dropped for not being an image.
+    assert hits == (["/secret"] if private else [])
 
 
 async def test_image_generation_validates_its_body(bridge: Bridge) -> None:
