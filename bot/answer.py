@@ -67,9 +67,11 @@ class Answering:
         turns: Sequence[ChatTurn],
         chunks: list[str],
         heartbeat: float,
+        *,
+        asked: str = "",
     ) -> AsyncGenerator[ReplyEvent, None]:
         """The whole answer to `chunks` (the turns' prompt messages): one reply, or several
-        stitched when Coze cut it off."""
+        stitched when Coze cut it off. `asked` is everything the caller wrote, normalised."""
         mention = f"<@{model.coze_bot_id}>"
         files = [image for turn in turns for image in turn.images]
         transcript = Transcript()
@@ -78,7 +80,14 @@ class Answering:
         while True:
             finished: Finished | None = None
             exchange = self._exchange(
-                inbox, model, chunks, files, heartbeat, transcript, hide_ellipsis=transcript.parts < budget
+                inbox,
+                model,
+                chunks,
+                files,
+                heartbeat,
+                transcript,
+                hide_ellipsis=transcript.parts < budget,
+                asked=asked,
             )
             async with aclosing(exchange):
                 async for event in exchange:
@@ -109,6 +118,7 @@ class Answering:
         transcript: Transcript,
         *,
         hide_ellipsis: bool,
+        asked: str,
     ) -> AsyncGenerator[ReplyEvent, None]:
         """Post one prompt and follow its reply, moving to the next token when one is spent."""
         attempts = Attempts(self._ledger, model, self._completion.busy_backoff_seconds)
@@ -126,6 +136,7 @@ class Answering:
                     heartbeat=heartbeat,
                     transcript=transcript,
                     hide_ellipsis=hide_ellipsis,
+                    asked=asked,
                 )
                 async with aclosing(reply):
                     async for event in reply:

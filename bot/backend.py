@@ -15,6 +15,7 @@ from contextlib import aclosing
 from bot.answer import Answering, prompt_messages
 from bot.config import CompletionSettings, ModelSettings
 from bot.conversations import Conversations, Plan
+from bot.coze_texts import normalise
 from bot.gateway_state import GatewayState
 from bot.interface import (
     BackendStatus,
@@ -34,6 +35,11 @@ from bot.seams import Clock, History
 from bot.tasks import TaskSet
 
 log = logging.getLogger(__name__)
+
+
+def asked(request: PromptRequest) -> str:
+    """Everything the caller wrote, as Coze's notices are matched (a notice it contains is an echo)."""
+    return normalise(" ".join(turn.content for turn in request.turns))
 
 
 class DiscordBackend:
@@ -159,7 +165,7 @@ class DiscordBackend:
         inbox = self._router.open(thread_id)
         try:
             async with aclosing(
-                self._answering.answer(inbox, model, plan.turns, chunks, heartbeat)
+                self._answering.answer(inbox, model, plan.turns, chunks, heartbeat, asked=asked(request))
             ) as events:
                 async for event in events:
                     if isinstance(event, Finished):

@@ -50,14 +50,18 @@ _KEYS = tuple((normalise(text), trouble) for text, trouble in KNOWN_TEXTS)
 _PREFIX_CHARS = 4 * max(len(text) for text, _ in KNOWN_TEXTS)
 
 
-def classify(reply: str) -> Trouble | None:
-    """The trouble a finished reply reports, or None for an ordinary answer."""
+def classify(reply: str, *, asked: str = "") -> Trouble | None:
+    """The trouble a finished reply reports, or None for an ordinary answer.
+
+    `asked` is what the caller wrote, normalised (`normalise`): Coze repeats what it is asked
+    to, so a notice the caller's own words contain is an answer, not Coze's trouble.
+    """
     reply = reply[:_PREFIX_CHARS]
     whole = normalise(reply)
     first_line = normalise(reply.strip().split("\n", 1)[0])
     for key, trouble in _KEYS:
         if whole.startswith(key) or first_line.startswith(key):
-            return trouble
+            return None if key in asked else trouble
     return None
 
 

@@ -39,11 +39,13 @@ async def follow_reply(
     heartbeat: float,
     transcript: Transcript,
     hide_ellipsis: bool,
+    asked: str = "",
 ) -> AsyncGenerator[ReplyEvent, None]:
     """Yield what the client may see of this reply, then its `Finished` (the part's own text).
 
     Coze's trouble notices raise instead of finishing. `transcript` stitches this reply onto
     earlier parts of the same answer; with `hide_ellipsis` a trailing ellipsis stays unseen.
+    A notice whose words are in `asked` (the caller's, normalised) is an answer like any other.
     """
     loop = asyncio.get_running_loop()
     detector = CompletionDetector(
@@ -85,7 +87,7 @@ async def follow_reply(
                     if text := transcript.delta(shown):
                         yield TextDelta(text)
                 elif isinstance(step, Finished):
-                    yield _checked(step)
+                    yield _checked(step, asked)
                     return
                 else:
                     raise ReplyTimeout(
@@ -137,9 +139,9 @@ def _feed(detector: CompletionDetector, snapshot: ReplySnapshot | None, now: flo
     return detector.feed(snapshot, now)
 
 
-def _checked(finished: Finished) -> Finished:
+def _checked(finished: Finished, asked: str) -> Finished:
     """A finished reply, unless it is Coze's trouble notice: then the matching error."""
-    trouble = classify(finished.content)
+    trouble = classify(finished.content, asked=asked)
     notice = f"Coze: {finished.content.strip()}"
     if trouble is Trouble.DAILY_LIMIT:
         raise CozeLimited(notice, posted=True)

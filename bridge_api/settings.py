@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from bot.config import (
     DEFAULT_MODEL,
@@ -159,6 +159,12 @@ def load_settings(
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:
+        # pydantic-settings reads a BRIDGE_* list or table as JSON; its message names no value.
+        raise ConfigError(
+            f"config error: {exc}: lists and tables in BRIDGE_* variables are JSON, "
+            """e.g. BRIDGE_DISCORD__USER_TOKENS='["token-a", "token-b"]'"""
+        ) from None
 
 
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:

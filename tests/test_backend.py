@@ -140,6 +140,33 @@ async def test_when_every_token_rests_the_caller_learns_when_one_is_back(rig: Ri
     assert len(rig.discord.posts) == posted, "nothing is posted while every token rests"
 
 
+@pytest.mark.parametrize("notice", [DAILY, CREATOR])
+async def test_a_notice_the_caller_asked_for_is_an_answer(rig: Rig, notice: str) -> None:
+    # Coze repeats what it is asked to: words cannot rest a token or a model.
+    rig.discord.script = lambda post: Reply([post.content.split(": ", 1)[-1]], marker=False)
+    events = await rig.run(rig.ask(f"Reply with exactly: {notice}"))
+    assert finished(events).content == f"Reply with exactly: {notice}".split(": ", 1)[-1]
+    assert text_of(events) == finished(events).content
+    assert rig.discord.tokens_used() == ["user token #1"], "asked once, with one token"
+    await rig.writes.wait()
+    assert await rig.store.token_rests() == {}
+    assert await rig.store.model_rests() == {}
+
+
+async def test_a_storage_failure_costs_no_answer(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(*args: object) -> None:
+        raise OSError("disk gone")
+
+    rig.store.remember = broken  # type: ignore[method-assign]
+    rig.store.add_thread = broken  # type: ignore[method-assign]
+    rig.store.save_token = broken  # type: ignore[method-assign]
+    events = await rig.run(rig.ask())
+    assert finished(events).content == "Hello there, friend."
+    await rig.writes.wait()
+    assert "disk gone" in caplog.text, "the failed bookkeeping is logged"
+    assert (await rig.run(rig.ask()))[-1] == finished(events), "and the next request is served"
+
+
 async def test_the_creator_limit_rests_the_model(rig: Rig) -> None:
     rig.discord.script = lambda post: Reply([CREATOR], marker=False)
     with pytest.raises(ModelLimited) as caught:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from bot.reset import ResetTime
-from simdiscord import SimulatedDiscord
+from simdiscord import ReplyPlan, SimulatedDiscord
+from simdiscord.coze import CREATOR_LIMIT_TEXT, DAILY_LIMIT_TEXT
 from tests.conftest import Bridge, BridgeFactory
 
 USER = [{"role": "user", "content": "hello"}]
@@ -60,6 +61,24 @@ async def test_a_spent_token_rests_and_the_next_one_answers(sim: SimulatedDiscor
     for _ in range(4):
         assert (await post_chat(bridge))[0] == 200
     assert len(sim.prompts_by(sim.user_tokens[0])) == 1
+
+
+@pytest.mark.parametrize("notice", [DAILY_LIMIT_TEXT, CREATOR_LIMIT_TEXT], ids=["daily", "creator"])
+async def test_a_coze_bot_that_echoes_cannot_burn_the_pool(
+    sim: SimulatedDiscord, bridge: Bridge, notice: str
+) -> None:
+    # A Coze bot does what it is asked: here, repeat the caller's text, with no buttons.
+    sim.script = lambda prompt: ReplyPlan(text=prompt.content.split("exactly: ", 1)[-1], marker=False)
+    async with bridge.openai() as client:
+        response = await client.chat.completions.create(
+            model="coze", messages=[{"role": "user", "content": f"Reply with exactly: {notice}"}]
+        )
+    assert response.choices[0].message.content == notice
+    assert len(sim.prompts_received) == 1, "not asked again with the next token"
+    pool = await status(bridge)
+    assert set(tokens_by_state(pool).values()) == {"healthy"}
+    assert [model["resting_until"] for model in pool["models"]] == [None]
+    assert (await post_chat(bridge))[0] == 200
 
 
 async def test_every_token_resting_is_429_until_the_earliest_reset(

@@ -116,3 +116,24 @@ async def test_the_cli_says_a_corrupt_database_in_one_line(tmp_path: Path) -> No
     lines = [line for line in err.decode().splitlines() if line.startswith("coze-bridge:")]
     assert len(lines) == 1
     assert "Traceback" not in err.decode()
+
+
+async def test_a_list_setting_that_is_not_json_is_one_line_exit_2() -> None:
+    secret = "tok-secret-value-123"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "BRIDGE_DISCORD__BOT_TOKEN": "x",
+        "BRIDGE_DISCORD__GUILD_ID": "1",
+        "BRIDGE_DISCORD__COZE_BOT_ID": "2",
+        "BRIDGE_DISCORD__CHANNEL_ID": "3",
+        "BRIDGE_DISCORD__USER_TOKENS": f"{secret},another",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge_api", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert len(err.decode().strip().splitlines()) == 1
+    assert "JSON" in err.decode()
+    assert secret not in (out + err).decode()
