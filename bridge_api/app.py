@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from bot.interface import Backend, open_discord_backend
-from bridge_api.appkeys import BACKEND, HTTP_CLIENT, KEYS, METRICS, SETTINGS
+from bridge_api.appkeys import BACKEND, HTTP_CLIENT, KEYS, LIMITER, METRICS, SETTINGS
 from bridge_api.chat import chat_completions
+from bridge_api.flood import RateLimiter
 from bridge_api.imagegen import image_generations
 from bridge_api.info import get_model, healthz, list_models, metrics_endpoint, readyz, status
 from bridge_api.metrics import Metrics
@@ -28,6 +29,7 @@ def make_app(settings: Settings, port: int, *, backend: Backend | None = None) -
     app = web.Application(client_max_size=settings.api.max_body_bytes, middlewares=[bridge_middleware])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[LIMITER] = RateLimiter(settings.api.rate_limit_per_minute)
     app[KEYS] = tuple(key.get_secret_value().encode() for key in settings.accepted_keys())
     app.on_response_prepare.append(add_common_headers)
     app.cleanup_ctx.append(_http_client)

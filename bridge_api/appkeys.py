@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from bot.interface import Backend
+from bridge_api.flood import RateLimiter
 from bridge_api.metrics import Metrics
 from bridge_api.outbound import Outbound
 from bridge_api.settings import Settings
@@ -16,6 +17,8 @@ METRICS = web.AppKey("metrics", Metrics)
 KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("keys")
 # The guarded client for the images callers link to and the ones Coze's replies name.
 HTTP_CLIENT = web.AppKey("http_client", Outbound)
+# Requests per minute per caller, for the routes that post to Discord.
+LIMITER = web.AppKey("limiter", RateLimiter)
 REQUEST_ID = web.RequestKey("request_id", str)
 # The API key the caller presented, if any (per-model keys decide which models it may use).
 API_KEY = web.RequestKey("api_key", str)

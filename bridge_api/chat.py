@@ -19,6 +19,7 @@ from bridge_api.appkeys import (
     HTTP_CLIENT,
     IN_BAND_ERROR,
     KEYS,
+    LIMITER,
     METRICS,
     MODEL,
     REQUEST_ID,
@@ -27,6 +28,7 @@ from bridge_api.appkeys import (
 )
 from bridge_api.chunks import DONE, PING, ChunkStream, completion_body, sse, usage
 from bridge_api.errors import APIError, server_error
+from bridge_api.flood import caller_of
 from bridge_api.image_input import load_images
 from bridge_api.model_access import resolve_model
 from bridge_api.schemas import ChatRequest, parse_body
@@ -49,6 +51,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     route = resolve_model(request, chat.model)
     backend = request.app[BACKEND]
     require_ready(backend)
+    refuse_floods(request)
     parts = chat.image_parts()
     if len(parts) > MAX_IMAGES:
         raise APIError(
@@ -82,6 +85,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     finished = await collect_reply(request, backend, prompt)
     counts = usage(_prompt_text(prompt), finished.content)
     return web.json_response(completion_body(completion_id, created, chat.model, finished, counts))
+
+
+def refuse_floods(request: web.Request) -> None:
+    """429 for a caller over `api.rate_limit_per_minute`, before anything is posted."""
+    request.app[LIMITER].admit(caller_of(request, request.get(API_KEY), bool(request.app[KEYS])))
 
 
 def require_ready(backend: Backend) -> None:

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from bot.interface import ChatTurn, PromptRequest
 from bridge_api.appkeys import BACKEND, HTTP_CLIENT, MODEL, REQUEST_ID, SETTINGS
-from bridge_api.chat import collect_reply, read_json, require_ready
+from bridge_api.chat import collect_reply, read_json, refuse_floods, require_ready
 from bridge_api.errors import APIError
 from bridge_api.image_input import ImageProblem, fetch, sniff
 from bridge_api.model_access import resolve_model, visible_models
@@ -43,6 +43,7 @@ async def image_generations(request: web.Request) -> web.Response:
     route = resolve_model(request, name)
     backend = request.app[BACKEND]
     require_ready(backend)
+    refuse_floods(request)
     instruction = request.app[SETTINGS].images.instruction
     prompt = PromptRequest(
         request_id=request[REQUEST_ID],

@@ -56,6 +56,8 @@ class ApiSettings(BaseModel):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     # A prompt longer than this many Discord messages is refused before anything is posted.
     max_prompt_messages: int = Field(default=10, ge=1)
+    # Requests per minute for each API key (or client address, without keys); 0: no limit.
+    rate_limit_per_minute: int = Field(default=0, ge=0)
     # Requests that may wait behind the one in flight on a conversation; more are 429.
     max_waiting_per_conversation: int = Field(default=4, ge=0)
 

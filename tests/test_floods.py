@@ -1,0 +1,76 @@
+"""Floods stop before Discord (issue 11): requests per minute per caller."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from bot.interface import Finished, PromptRequest, ReplyEvent
+from bot.mock import MockBackend
+from bridge_api.app import make_app, serving
+from bridge_api.flood import RateLimiter
+from bridge_api.settings import load_settings
+
+DISCORD = {"bot_token": "b", "guild_id": 1, "coze_bot_id": 2, "channel_id": 3}
+BODY = {"model": "coze", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def answer(request: PromptRequest) -> AsyncIterator[ReplyEvent]:
+    yield Finished("stop", "fine")
+
+
+@contextlib.asynccontextmanager
+async def bridge(**api: object) -> AsyncIterator[tuple[str, MockBackend]]:
+    backend = MockBackend(answer)
+    settings = load_settings(environ={}, discord=DISCORD, api=api)
+    async with serving(make_app(settings, 0, backend=backend)) as (_, port):
+        yield f"http://127.0.0.1:{port}", backend
+
+
+async def post(
+    http: aiohttp.ClientSession, url: str, key: str | None = None
+) -> tuple[int, dict[str, str], str]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with http.post(url, json=BODY, headers=headers) as resp:
+        body = await resp.json()
+        return resp.status, dict(resp.headers), (body.get("error") or {}).get("code", "")
+
+
+async def test_a_key_over_its_requests_per_minute_is_429_before_anything_is_posted() -> None:
+    async with (
+        bridge(rate_limit_per_minute=2, keys=["sk-a", "sk-b"]) as (base, backend),
+        aiohttp.ClientSession() as http,
+    ):
+        url = f"{base}/v1/chat/completions"
+        assert [(await post(http, url, "sk-a"))[0] for _ in range(2)] == [200, 200]
+        status, headers, code = await post(http, url, "sk-a")
+        assert (status, code) == (429, "rate_limit_exceeded")
+        assert 1 <= int(headers["Retry-After"]) <= 60
+        assert len(backend.requests) == 2, "the third never reached Coze"
+        assert (await post(http, url, "sk-b"))[0] == 200, "each key has its own minute"
+
+
+async def test_without_keys_each_address_is_counted() -> None:
+    async with bridge(rate_limit_per_minute=1) as (base, backend), aiohttp.ClientSession() as http:
+        url = f"{base}/v1/chat/completions"
+        assert (await post(http, url))[0] == 200
+        assert (await post(http, url))[0] == 429
+        async with http.post(f"{base}/v1/images/generations", json={"prompt": "a cat"}) as resp:
+            assert resp.status == 429, "image generation posts to Discord too"
+        assert len(backend.requests) == 1
+
+
+def test_the_window_slides() -> None:
+    now = [0.0]
+    limiter = RateLimiter(2, clock=lambda: now[0])
+    assert limiter.wait("a") is None
+    now[0] = 30.0
+    assert limiter.wait("a") is None
+    assert limiter.wait("a") == pytest.approx(30.0)
+    now[0] = 60.0
+    assert limiter.wait("a") is None, "the first request left the window"
+    assert limiter.wait("a") == pytest.approx(30.0)
+    assert RateLimiter(0).wait("a") is None, "0 is no limit"
