@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import replace
@@ -22,7 +20,6 @@ from bot.interface import (
     ModelLimited,
     PromptTooLong,
     ReplyEvent,
-    ServerShutdown,
     TextDelta,
 )
 from bot.ledger import Attempts, InvalidToken, Ledger
@@ -30,6 +27,7 @@ from bot.posting import Posting
 from bot.prompt import render_prompt, split_prompt
 from bot.router import Inbox, ReplyRouter
 from bot.seams import Clock
+from bot.stopping import Stopping
 
 # What makes a prompt go out again: with another token, or after a pause.
 RETRYABLE = (InvalidToken, CozeLimited, ModelLimited, CozeBusy)
@@ -45,7 +43,7 @@ class Answering:
         posting: Posting,
         ledger: Ledger,
         clock: Clock,
-        stopping: asyncio.Event,
+        stopping: Stopping,
     ) -> None:
         self._completion = completion
         self._gateway = gateway
@@ -54,11 +52,6 @@ class Answering:
         self._ledger = ledger
         self._clock = clock
         self._stopping = stopping
-
-    def check_running(self, *, posted: bool) -> None:
-        """Between stages: once shutdown began, nothing more is posted."""
-        if self._stopping.is_set():
-            raise ServerShutdown("the bridge is shutting down; send the request again", posted=posted)
 
     async def answer(
         self,
@@ -125,8 +118,7 @@ class Answering:
         while True:
             token = attempts.next(self._clock(), posted=inbox.posted)
             try:
-                async with self._posting.admission:
-                    self.check_running(posted=inbox.posted)
+                async with self._posting.admission, self._stopping.cut_short(posted=True):
                     await self._posting.post(inbox, model, chunks, files, token)
                 self._ledger.count_post(token, self._clock())
                 reply = follow_reply(
@@ -147,13 +139,7 @@ class Answering:
             # Replies to the posts before this one no longer count, whatever went wrong.
             self._router.retire_prompts(inbox)
             if pause:
-                await self._pause(pause)
-
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        self.check_running(posted=True)
+                await self._stopping.pause(pause)
 
 
 def prompt_messages(turns: Sequence[ChatTurn], model: ModelSettings, limit: int) -> list[str]:

@@ -7,7 +7,6 @@ Discord only through the seams in `bot.seams`, so tests run it over fakes on a v
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
@@ -32,6 +31,7 @@ from bot.posting import Posting, ThreadGone
 from bot.rest import Credential, RestError
 from bot.router import Inbox, ReplyRouter
 from bot.seams import Clock, History
+from bot.stopping import Stopping
 from bot.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class DiscordBackend:
         self._clock = clock
         self._tasks = tasks
         self._coze_ids = frozenset(model.coze_bot_id for model in self._models)
-        self._stopping = asyncio.Event()
+        self._stopping = Stopping()
         # A reply that waited out an outage restarts its quiet period when the gateway returns.
         gateway.on_return(router.wake_all)
         self._answering = Answering(
@@ -103,7 +103,7 @@ class DiscordBackend:
         return BackendStatus(self.state, self.open_replies, tokens, models)
 
     def begin_shutdown(self) -> None:
-        self._stopping.set()
+        self._stopping.begin()
         self._router.end_all()
 
     def busy_threads(self) -> set[int]:
@@ -135,7 +135,7 @@ class DiscordBackend:
         conversations = self._conversations
         plan = await conversations.plan(request, model.name)
         async with conversations.hold(plan.lock_key, max_waiting=request.limits.max_waiting_per_conversation):
-            self._answering.check_running(posted=False)
+            self._stopping.check(posted=False)
             if plan.lock_key is not None:
                 plan = await conversations.plan(request, model.name)  # another request may have moved it on
             try:
@@ -158,8 +158,7 @@ class DiscordBackend:
         chunks = prompt_messages(plan.turns, model, request.limits.max_prompt_messages)
         thread_id = plan.thread_id
         if thread_id is None:
-            async with self._posting.admission:
-                self._answering.check_running(posted=False)
+            async with self._posting.admission, self._stopping.cut_short(posted=False):
                 thread_id = await self._posting.open_thread(model, request)
             self._conversations.started(thread_id, model.name, self._clock())
         inbox = self._router.open(thread_id)

@@ -193,6 +193,15 @@ class SimulatedDiscord:
     ) -> None:
         self.rest.fail_next(method, route, status, times=times, retry_after=retry_after, after=after)
 
+    def hold(self, method: str, route: str) -> asyncio.Event:
+        """Calls of e.g. ("POST", "/channels/{channel_id}/threads") wait until the event is set;
+        `held` lists the calls that are waiting or waited."""
+        return self.rest.hold(method, route)
+
+    @property
+    def held(self) -> list[str]:
+        return self.rest.held
+
     def rate_limit(self, limit: int, *, window: float = 1.0) -> None:
         """Allow `limit` calls per route, channel and token in each `window` seconds; 429 past it."""
         self.rest.limits.limit, self.rest.limits.window = limit, window

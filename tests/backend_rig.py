@@ -83,6 +83,7 @@ class FakeDiscord:
         self.thread_failures: list[RestError] = []
         self.gone_threads: set[int] = set()
         self.thread_gate: asyncio.Event | None = None  # create_thread waits on it when set
+        self.post_gate: asyncio.Event | None = None  # post_message waits on it when set
         self.history: list[MessagePayload] = []
         self._timers: list[asyncio.TimerHandle] = []
         self._posted = asyncio.Condition()
@@ -115,6 +116,8 @@ class FakeDiscord:
         files: Sequence[ImageFile] = (),
     ) -> int:
         await asyncio.sleep(0)  # a real post always yields to the loop
+        if self.post_gate is not None:
+            await self.post_gate.wait()
         for index, (label, error) in enumerate(self.post_failures):
             if label in (None, credential.label):
                 del self.post_failures[index]

@@ -330,16 +330,25 @@ async def test_shutdown_while_following_a_reply(rig: Rig) -> None:
     assert caught.value.posted
 
 
-async def test_shutdown_while_a_thread_is_being_made(rig: Rig) -> None:
-    rig.discord.thread_gate = asyncio.Event()
+async def test_shutdown_cuts_short_a_thread_being_made(rig: Rig) -> None:
+    rig.discord.thread_gate = asyncio.Event()  # Discord never answers
     task = asyncio.ensure_future(rig.run(rig.ask()))
     await rig.advance(1)
     rig.backend.begin_shutdown()
-    rig.discord.thread_gate.set()
     with pytest.raises(ServerShutdown) as caught:
         await task
     assert not caught.value.posted
     assert rig.discord.posts == []
+
+
+async def test_shutdown_cuts_short_a_prompt_being_posted(rig: Rig) -> None:
+    rig.discord.post_gate = asyncio.Event()  # Discord never answers the post
+    task = asyncio.ensure_future(rig.run(rig.ask()))
+    await rig.advance(1)
+    rig.backend.begin_shutdown()
+    with pytest.raises(ServerShutdown) as caught:
+        await task
+    assert caught.value.posted, "the prompt may be in Discord: the caller must not send it again"
 
 
 async def test_shutdown_while_waiting_to_be_admitted() -> None:
@@ -354,7 +363,7 @@ async def test_shutdown_while_waiting_to_be_admitted() -> None:
                 await task
             assert not caught.value.posted
         assert rig.discord.posts == []
-        assert len(rig.discord.threads) == 1
+        assert rig.discord.threads == [], "the thread being made was cut short; the other never began"
 
 
 async def test_shutdown_while_waiting_for_the_conversation(rig: Rig) -> None:
