@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
 import aiohttp
 import pytest
 
-from bot.interface import Finished, PromptRequest, ReplyEvent
-from bot.mock import MockBackend
-from bridge_api.app import make_app, serving
 from bridge_api.flood import RateLimiter
-from bridge_api.settings import load_settings
+from tests.mock_bridge import mock_bridge
 
-DISCORD = {"bot_token": "b", "guild_id": 1, "coze_bot_id": 2, "channel_id": 3}
 BODY = {"model": "coze", "messages": [{"role": "user", "content": "hi"}]}
-
-
-async def answer(request: PromptRequest) -> AsyncIterator[ReplyEvent]:
-    yield Finished("stop", "fine")
-
-
-@contextlib.asynccontextmanager
-async def bridge(**api: object) -> AsyncIterator[tuple[str, MockBackend]]:
-    backend = MockBackend(answer)
-    settings = load_settings(environ={}, discord=DISCORD, api=api)
-    async with serving(make_app(settings, 0, backend=backend)) as (_, port):
-        yield f"http://127.0.0.1:{port}", backend
 
 
 async def post(
@@ -41,7 +22,7 @@ async def post(
 
 async def test_a_key_over_its_requests_per_minute_is_429_before_anything_is_posted() -> None:
     async with (
-        bridge(rate_limit_per_minute=2, keys=["sk-a", "sk-b"]) as (base, backend),
+        mock_bridge(rate_limit_per_minute=2, keys=["sk-a", "sk-b"]) as (base, backend),
         aiohttp.ClientSession() as http,
     ):
         url = f"{base}/v1/chat/completions"
@@ -54,7 +35,7 @@ async def test_a_key_over_its_requests_per_minute_is_429_before_anything_is_post
 
 
 async def test_without_keys_each_address_is_counted() -> None:
-    async with bridge(rate_limit_per_minute=1) as (base, backend), aiohttp.ClientSession() as http:
+    async with mock_bridge(rate_limit_per_minute=1) as (base, backend), aiohttp.ClientSession() as http:
         url = f"{base}/v1/chat/completions"
         assert (await post(http, url))[0] == 200
         assert (await post(http, url))[0] == 429

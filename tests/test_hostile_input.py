@@ -4,39 +4,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from bot.interface import Finished, PromptRequest, ReplyEvent, StartupError
-from bot.mock import MockBackend
+from bot.interface import StartupError
 from bot.sqlite_store import open_sqlite_store
-from bridge_api.app import make_app, serving
 from bridge_api.settings import ConfigError, load_settings
+from tests.mock_bridge import DISCORD, mock_bridge
 
-DISCORD = {"bot_token": "b", "guild_id": 1, "coze_bot_id": 2, "channel_id": 3}
 USER = [{"role": "user", "content": "hi"}]
-
-
-async def answer(request: PromptRequest) -> AsyncIterator[ReplyEvent]:
-    yield Finished("stop", "fine")
-
-
-@contextlib.asynccontextmanager
-async def bridge(**api: object) -> AsyncIterator[str]:
-    settings = load_settings(environ={}, discord=DISCORD, api=api)
-    async with serving(make_app(settings, 0, backend=MockBackend(answer))) as (_, port):
-        yield f"http://127.0.0.1:{port}"
 
 
 async def test_deeply_nested_json_is_400_invalid_json(caplog: pytest.LogCaptureFixture) -> None:
     body = b'{"model": "coze", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}"
-    async with bridge() as base, aiohttp.ClientSession() as http:
+    async with mock_bridge() as (base, _), aiohttp.ClientSession() as http:
         async with http.post(f"{base}/v1/chat/completions", data=body) as resp:
             assert resp.status == 400
             assert (await resp.json())["error"]["code"] == "invalid_json"
@@ -46,7 +31,7 @@ async def test_deeply_nested_json_is_400_invalid_json(caplog: pytest.LogCaptureF
 
 
 async def test_a_non_utf8_authorization_header_is_401(caplog: pytest.LogCaptureFixture) -> None:
-    async with bridge(keys=["right-key"]) as base:
+    async with mock_bridge(keys=["right-key"]) as (base, _):
         reader, writer = await asyncio.open_connection(*base.removeprefix("http://").split(":"))
         body = b'{"model": "coze", "messages": [{"role": "user", "content": "hi"}]}'
         writer.write(
@@ -66,7 +51,7 @@ async def test_a_non_utf8_authorization_header_is_401(caplog: pytest.LogCaptureF
 async def test_control_characters_in_logged_fields_are_escaped(caplog: pytest.LogCaptureFixture) -> None:
     forged = "coze\n2026-12-01 00:00:00 INFO coze_bridge.access: forged line"
     with caplog.at_level(logging.INFO, logger="coze_bridge.access"):
-        async with bridge() as base, aiohttp.ClientSession() as http:
+        async with mock_bridge() as (base, _), aiohttp.ClientSession() as http:
             body = {"model": forged + "x" * 1000, "messages": USER}
             async with http.post(f"{base}/v1/chat/completions", json=body) as resp:
                 await resp.read()

@@ -4,34 +4,17 @@ will not listen beyond loopback; a page cannot post to it without a preflight.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from bot.interface import Finished, PromptRequest, ReplyEvent
-from bot.mock import MockBackend
-from bridge_api.app import make_app, serving
 from bridge_api.settings import ConfigError, load_settings
+from tests.mock_bridge import DISCORD, mock_bridge
 
-DISCORD = {"bot_token": "b", "guild_id": 1, "coze_bot_id": 2, "channel_id": 3}
 BODY = b'{"model": "coze", "messages": [{"role": "user", "content": "hi"}]}'
 PAGE = "http://evil.example"
-
-
-async def answer(request: PromptRequest) -> AsyncIterator[ReplyEvent]:
-    yield Finished("stop", "fine")
-
-
-@contextlib.asynccontextmanager
-async def bridge(**api: object) -> AsyncIterator[tuple[str, MockBackend]]:
-    backend = MockBackend(answer)
-    settings = load_settings(environ={}, discord=DISCORD, api=api)
-    async with serving(make_app(settings, 0, backend=backend)) as (_, port):
-        yield f"http://127.0.0.1:{port}", backend
 
 
 @pytest.mark.parametrize(
@@ -41,7 +24,7 @@ async def bridge(**api: object) -> AsyncIterator[tuple[str, MockBackend]]:
 )
 async def test_without_keys_no_browser_origin_is_allowed(api: dict[str, object], allowed: bool) -> None:
     preflight = {"Origin": PAGE, "Access-Control-Request-Method": "POST"}
-    async with bridge(**api) as (base, _), aiohttp.ClientSession() as http:
+    async with mock_bridge(**api) as (base, _), aiohttp.ClientSession() as http:
         async with http.options(f"{base}/v1/chat/completions", headers=preflight) as resp:
             assert ("Access-Control-Allow-Origin" in resp.headers) is allowed
         async with http.get(
@@ -54,7 +37,7 @@ async def test_without_keys_no_browser_origin_is_allowed(api: dict[str, object],
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
 )
 async def test_a_page_cannot_post_without_a_preflight(content_type: str) -> None:
-    async with bridge(allow_no_auth=True) as (base, backend), aiohttp.ClientSession() as http:
+    async with mock_bridge(allow_no_auth=True) as (base, backend), aiohttp.ClientSession() as http:
         headers = {"Origin": PAGE, "Content-Type": content_type}
         async with http.post(f"{base}/v1/chat/completions", data=BODY, headers=headers) as resp:
             assert resp.status == 415
