@@ -1,6 +1,6 @@
-"""Shutdown at any moment of a stream (issue 11): while its thread is made, while its prompt is
-posted, while its reply is awaited, it ends with the in-band server_shutdown error and [DONE].
-Discord here never answers the held call."""
+"""Shutdown at any moment of a request (issue 11): while its thread is made, while its prompt is
+posted, while its reply is awaited. A stream ends with the in-band server_shutdown error and
+[DONE]; a plain request gets 503 server_shutdown. Discord here never answers the held call."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ STAGES = {
 }
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "plain"])
 @pytest.mark.parametrize("stage", ["thread", "post", "reply"])
-async def test_shutdown_at_every_stage_ends_the_stream(
-    sim: SimulatedDiscord, tmp_path: Path, stage: str
+async def test_shutdown_at_every_stage_ends_the_request(
+    sim: SimulatedDiscord, tmp_path: Path, stage: str, stream: bool
 ) -> None:
     gate = sim.hold(*STAGES[stage]) if stage in STAGES else None
     sim.script = lambda prompt: ReplyPlan(text="never finished", silent=True)
@@ -33,20 +34,27 @@ async def test_shutdown_at_every_stage_ends_the_stream(
     async with open_discord_backend(settings) as backend, aiohttp.ClientSession() as http:
         async with asyncio.timeout(10):
             await backend.wait_ready()
-        app = make_app(settings, 0, backend=backend)
-        async with serving(app) as (runner, port):
-            url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            async with http.post(url, json=BODY | {"stream": True}) as resp:
-                async with asyncio.timeout(10):
-                    # The request has reached its stage: Discord holds the call, or Coze is silent.
-                    await sim.wait_for(lambda: bool(sim.held) if gate else bool(sim.prompts_received))
-                stopping = asyncio.ensure_future(runner.cleanup())  # what SIGTERM does
-                async with asyncio.timeout(8):
-                    body = await resp.read()
+        async with serving(make_app(settings, 0, backend=backend)) as (runner, port):
+
+            async def call() -> tuple[int, bytes]:
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                async with http.post(url, json=BODY | {"stream": stream}) as resp:
+                    return resp.status, await resp.read()
+
+            request = asyncio.ensure_future(call())
+            async with asyncio.timeout(10):
+                # The request has reached its stage: Discord holds the call, or Coze is silent.
+                await sim.wait_for(lambda: bool(sim.held) if gate else bool(sim.prompts_received))
+            stopping = asyncio.ensure_future(runner.cleanup())  # what SIGTERM does
             async with asyncio.timeout(8):
+                status, body = await request
                 await stopping
     if gate is not None:
         gate.set()
-    frames = [f[6:] for f in body.decode().split("\n\n") if f.startswith("data: ")]
-    assert frames[-1] == "[DONE]"
-    assert json.loads(frames[-2])["error"]["code"] == "server_shutdown"
+    if stream:
+        frames = [f[6:] for f in body.decode().split("\n\n") if f.startswith("data: ")]
+        assert frames[-1] == "[DONE]"
+        assert json.loads(frames[-2])["error"]["code"] == "server_shutdown"
+    else:
+        assert status == 503, body
+        assert json.loads(body)["error"]["code"] == "server_shutdown"
