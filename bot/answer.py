@@ -64,7 +64,7 @@ class Answering:
         asked: str = "",
     ) -> AsyncGenerator[ReplyEvent, None]:
         """The whole answer to `chunks` (the turns' prompt messages): one reply, or several
-        stitched when Coze cut it off. `asked` is everything the caller wrote, normalised."""
+        stitched when Coze cut it off. `asked` is everything the caller wrote."""
         mention = f"<@{model.coze_bot_id}>"
         files = [image for turn in turns for image in turn.images]
         transcript = Transcript()

@@ -14,7 +14,6 @@ from contextlib import aclosing
 from bot.answer import Answering, prompt_messages
 from bot.config import CompletionSettings, ModelSettings
 from bot.conversations import Conversations, Plan
-from bot.coze_texts import normalise
 from bot.gateway_state import GatewayState
 from bot.interface import (
     BackendStatus,
@@ -38,8 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def asked(request: PromptRequest) -> str:
-    """Everything the caller wrote, as Coze's notices are matched (a notice it contains is an echo)."""
-    return normalise(" ".join(turn.content for turn in request.turns))
+    """Everything the caller wrote (a notice it contains is an echo, not Coze's trouble)."""
+    return "\n".join(turn.content for turn in request.turns)
 
 
 class DiscordBackend:

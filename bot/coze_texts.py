@@ -53,15 +53,16 @@ _PREFIX_CHARS = 4 * max(len(text) for text, _ in KNOWN_TEXTS)
 def classify(reply: str, *, asked: str = "") -> Trouble | None:
     """The trouble a finished reply reports, or None for an ordinary answer.
 
-    `asked` is what the caller wrote, normalised (`normalise`): Coze repeats what it is asked
-    to, so a notice the caller's own words contain is an answer, not Coze's trouble.
+    `asked` is what the caller wrote: Coze repeats what it is asked to, so a notice the caller's
+    own words contain is an answer, not Coze's trouble. It is normalised only when a notice
+    matched, which is rare: a long history costs nothing on an ordinary reply.
     """
     reply = reply[:_PREFIX_CHARS]
     whole = normalise(reply)
     first_line = normalise(reply.strip().split("\n", 1)[0])
     for key, trouble in _KEYS:
         if whole.startswith(key) or first_line.startswith(key):
-            return None if key in asked else trouble
+            return None if asked and key in normalise(asked) else trouble
     return None
 
 

@@ -45,7 +45,7 @@ async def follow_reply(
 
     Coze's trouble notices raise instead of finishing. `transcript` stitches this reply onto
     earlier parts of the same answer; with `hide_ellipsis` a trailing ellipsis stays unseen.
-    A notice whose words are in `asked` (the caller's, normalised) is an answer like any other.
+    A notice whose words are in `asked` (the caller's own) is an answer like any other.
     """
     loop = asyncio.get_running_loop()
     detector = CompletionDetector(
