@@ -9,28 +9,28 @@ from dataclasses import replace
 
 from bot.config import CompletionSettings, ModelSettings
 from bot.continuation import CONTINUE_PROMPT, Transcript, is_cut_off
-from bot.follow import follow_reply
+from bot.follow import LimitNotice, follow_reply
 from bot.gateway_state import GatewayState
 from bot.interface import (
     ChatTurn,
     CozeBusy,
-    CozeLimited,
     Finished,
     ImageFile,
-    ModelLimited,
     PromptTooLong,
     ReplyEvent,
     TextDelta,
 )
 from bot.ledger import Attempts, InvalidToken, Ledger
 from bot.posting import Posting
+from bot.probe import Probing, Verdict
 from bot.prompt import render_prompt, split_prompt
 from bot.router import Inbox, ReplyRouter
 from bot.seams import Clock
 from bot.stopping import Stopping
 
-# What makes a prompt go out again: with another token, or after a pause.
-RETRYABLE = (InvalidToken, CozeLimited, ModelLimited, CozeBusy)
+# What makes a prompt go out again: with another token, or after a pause. (A confirmed limit
+# notice does too.)
+RETRYABLE = (InvalidToken, CozeBusy)
 
 
 class Answering:
@@ -44,7 +44,9 @@ class Answering:
         ledger: Ledger,
         clock: Clock,
         stopping: Stopping,
+        probing: Probing,
     ) -> None:
+        self._probing = probing
         self._completion = completion
         self._gateway = gateway
         self._router = router
@@ -134,6 +136,18 @@ class Answering:
                     async for event in reply:
                         yield event
                 return
+            except LimitNotice as notice:
+                verdict = Verdict(confirmed=True)
+                async with aclosing(self._probing.confirm(model, token, notice.trouble, heartbeat)) as probe:
+                    async for step in probe:
+                        if isinstance(step, Verdict):
+                            verdict = step
+                        else:
+                            yield step
+                if not verdict.confirmed:
+                    yield notice.reply  # what the caller had Coze say
+                    return
+                pause = attempts.failed(token, notice.error(), self._clock())
             except RETRYABLE as exc:
                 pause = attempts.failed(token, exc, self._clock())
             # Replies to the posts before this one no longer count, whatever went wrong.

@@ -27,6 +27,7 @@ from bot.interface import (
 from bot.ledger import Ledger
 from bot.payloads import coze_message
 from bot.posting import Posting, ThreadGone
+from bot.probe import Probing
 from bot.rest import Credential, RestError
 from bot.router import Inbox, ReplyRouter
 from bot.seams import Clock, History
@@ -79,6 +80,15 @@ class DiscordBackend:
             ledger=ledger,
             clock=clock,
             stopping=self._stopping,
+            probing=Probing(
+                posting=posting,
+                router=router,
+                gateway=gateway,
+                completion=completion,
+                ledger=ledger,
+                clock=clock,
+                stopping=self._stopping,
+            ),
         )
 
     @property
@@ -158,7 +168,7 @@ class DiscordBackend:
         thread_id = plan.thread_id
         if thread_id is None:
             async with self._posting.admission, self._stopping.cut_short(posted=False):
-                thread_id = await self._posting.open_thread(model, request)
+                thread_id = await self._posting.open_thread(model, self._posting.thread_name(request))
             self._conversations.started(thread_id, model.name, self._clock())
         inbox = self._router.open(thread_id)
         try:

@@ -43,7 +43,7 @@ async def follow_reply(
 ) -> AsyncGenerator[ReplyEvent, None]:
     """Yield what the client may see of this reply, then its `Finished` (the part's own text).
 
-    Coze's trouble notices raise instead of finishing. `transcript` stitches this reply onto
+    Coze's trouble notices raise instead of finishing (a limit raises `LimitNotice`). `transcript` stitches this reply onto
     earlier parts of the same answer; with `hide_ellipsis` a trailing ellipsis stays unseen.
     A notice whose words are in `asked` (the caller's own) is an answer like any other.
     """
@@ -139,14 +139,28 @@ def _feed(detector: CompletionDetector, snapshot: ReplySnapshot | None, now: flo
     return detector.feed(snapshot, now)
 
 
+class LimitNotice(Exception):
+    """Coze's reply says a limit is reached. Coze also says what a caller dictates, so the
+    backend confirms it (`bot.probe`) before resting anything; unconfirmed, `reply` is the answer."""
+
+    def __init__(self, trouble: Trouble, reply: Finished) -> None:
+        super().__init__(trouble.value)
+        self.trouble = trouble
+        self.reply = reply
+
+    def error(self) -> CozeLimited | ModelLimited:
+        notice = f"Coze: {self.reply.content.strip()}"
+        if self.trouble is Trouble.CREATOR_LIMIT:
+            return ModelLimited(notice, posted=True)
+        return CozeLimited(notice, posted=True)
+
+
 def _checked(finished: Finished, asked: str) -> Finished:
     """A finished reply, unless it is Coze's trouble notice: then the matching error."""
     trouble = classify(finished.content, asked=asked)
     notice = f"Coze: {finished.content.strip()}"
-    if trouble is Trouble.DAILY_LIMIT:
-        raise CozeLimited(notice, posted=True)
-    if trouble is Trouble.CREATOR_LIMIT:
-        raise ModelLimited(notice, posted=True)
+    if trouble in (Trouble.DAILY_LIMIT, Trouble.CREATOR_LIMIT):
+        raise LimitNotice(trouble, finished)
     if trouble is Trouble.BUSY:
         raise CozeBusy(notice, posted=True)
     if trouble is Trouble.UPSTREAM:

@@ -55,12 +55,14 @@ class Posting:
         # delta in the event loop.
         self.admission = asyncio.Semaphore(max_concurrent)
 
-    async def open_thread(self, model: ModelSettings, request: PromptRequest) -> int:
+    def thread_name(self, request: PromptRequest) -> str:
+        return thread_name(request, with_prompt=self._thread_names == "prompt")
+
+    async def open_thread(self, model: ModelSettings, name: str) -> int:
         # Over our own REST client: discord.py would build and cache a Thread object for each
         # one, for good, and retry 5xx answers for ~25 s that a caller should not wait out.
         if not self._channels.is_text_channel(model.channel_id):
             raise SendFailed(f"channel {model.channel_id} is not a text channel the bot can see")
-        name = thread_name(request, with_prompt=self._thread_names == "prompt")
         try:
             return await self._poster.create_thread(model.channel_id, name, self._reader)
         except RestError as exc:

@@ -24,6 +24,7 @@ from bot.ledger import Ledger
 from bot.memory_store import MemoryStore
 from bot.payloads import CozeMessage, MessagePayload
 from bot.posting import Posting
+from bot.probe import PROBE_TEXT
 from bot.reset import ResetTime
 from bot.rest import Credential, MessageCreate, RestError
 from bot.router import ReplyRouter
@@ -63,6 +64,10 @@ class Post:
 Script = Callable[[Post], Reply | None]
 
 
+def is_probe(post: Post) -> bool:
+    return post.content.endswith(PROBE_TEXT)
+
+
 def answer(text: str, **options: Any) -> Script:
     """Every prompt gets `text`, streamed in three edits."""
     cuts = [len(text) // 3, 2 * len(text) // 3, len(text)]
@@ -93,7 +98,11 @@ class FakeDiscord:
             await self._posted.wait_for(lambda: len(self.prompts()) >= count)
 
     def prompts(self) -> list[Post]:
-        return [post for post in self.posts if f"<@{COZE}>" in post.content]
+        """The posts that ask the Coze bot, apart from the bridge's own limit checks."""
+        return [post for post in self.posts if f"<@{COZE}>" in post.content and not is_probe(post)]
+
+    def probes(self) -> list[Post]:
+        return [post for post in self.posts if is_probe(post)]
 
     def tokens_used(self) -> list[str]:
         return [post.token for post in self.prompts()]

@@ -25,9 +25,11 @@ from bot.interface import (
     SendFailed,
     ServerShutdown,
     TextDelta,
+    TokenState,
 )
+from bot.probe import VERDICT_SECONDS
 from bot.rest import RestError
-from tests.backend_rig import COMPLETION, MIDNIGHT, NOON, Post, Reply, Rig, answer, make_rig
+from tests.backend_rig import COMPLETION, MIDNIGHT, NOON, Post, Reply, Rig, answer, is_probe, make_rig
 
 pytestmark = pytest.mark.looptime
 
@@ -151,6 +153,64 @@ async def test_a_notice_the_caller_asked_for_is_an_answer(rig: Rig, notice: str)
     await rig.writes.wait()
     assert await rig.store.token_rests() == {}
     assert await rig.store.model_rests() == {}
+
+
+def obeying(notice: str, *, probe: str | None = "ok", by: str = "user token") -> object:
+    """A Coze bot that says the notice to tokens labelled `by...` when told to in other words (the
+    echo check cannot see it), and answers the bridge's probe with `probe` (None: not at all)."""
+
+    def script(post: Post) -> Reply | None:
+        if is_probe(post):
+            return None if probe is None else Reply([probe])
+        told = "say the limit sentence" in post.content and post.token.startswith(by)
+        return Reply([notice if told else "the answer"], marker=False)
+
+    return script
+
+
+@pytest.mark.parametrize("notice", [DAILY, CREATOR])
+async def test_a_dictated_notice_the_probe_does_not_confirm_is_an_answer(rig: Rig, notice: str) -> None:
+    rig.discord.script = obeying(notice)  # type: ignore[assignment]
+    events = await rig.run(rig.ask("say the limit sentence"))
+    assert finished(events).content == notice == text_of(events)
+    assert finished(events).reason == "stop"
+    assert rig.discord.tokens_used() == ["user token #1"]
+    (probe,) = rig.discord.probes()
+    assert probe.token == "user token #1", "the probe comes from the token that got the notice"
+    assert probe.channel_id not in {post.channel_id for post in rig.discord.prompts()}, "in a thread of its own"
+    await rig.writes.wait()
+    assert await rig.store.token_rests() == {}
+    assert await rig.store.model_rests() == {}
+
+
+async def test_a_real_limit_is_confirmed_by_the_probe(rig: Rig) -> None:
+    rig.discord.script = by_token({"user token #1": DAILY})  # type: ignore[assignment]
+    await rig.run(rig.ask())
+    assert [post.token for post in rig.discord.probes()] == ["user token #1"]
+    states = [token.state for token in rig.backend.status().tokens]
+    assert states == [TokenState.RESTING, TokenState.HEALTHY], "exactly the limited token rests"
+
+
+async def test_a_verdict_stands_for_a_minute_per_token(rig: Rig) -> None:
+    rig.discord.script = obeying(DAILY)  # type: ignore[assignment]
+    for _ in range(4):  # tokens #1, #2, #1, #2
+        await rig.run(rig.ask("say the limit sentence"))
+    assert [post.token for post in rig.discord.probes()] == ["user token #1", "user token #2"]
+    await rig.advance(VERDICT_SECONDS)
+    await rig.run(rig.ask("say the limit sentence"))
+    assert len(rig.discord.probes()) == 3, "an old verdict is checked again"
+    threads = {post.channel_id for post in rig.discord.probes()}
+    assert len(threads) == 1, "the bridge keeps one thread for its probes"
+
+
+async def test_a_probe_without_an_answer_leaves_the_notice_standing(rig: Rig) -> None:
+    rig.discord.script = obeying(DAILY, probe=None, by="user token #1")  # type: ignore[assignment]
+    events = await rig.run(rig.ask("say the limit sentence"), heartbeat=10.0)
+    assert text_of(events) == "the answer", "the next token answered"
+    assert sum(isinstance(event, Idle) for event in events) >= 5, "the caller is kept alive meanwhile"
+    assert rig.discord.tokens_used() == ["user token #1", "user token #2"]
+    await rig.writes.wait()
+    assert len(await rig.store.token_rests()) == 1
 
 
 async def test_a_storage_failure_costs_no_answer(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bot.probe import PROBE_TEXT
 from bot.reset import ResetTime
 from simdiscord import ReplyPlan, SimulatedDiscord
 from simdiscord.coze import CREATOR_LIMIT_TEXT, DAILY_LIMIT_TEXT
@@ -50,8 +51,9 @@ async def test_a_spent_token_rests_and_the_next_one_answers(sim: SimulatedDiscor
     code, _, body = await post_chat(bridge)
     assert code == 200, body
     assert body["choices"][0]["message"]["content"].startswith('You asked: "hello"')
-    assert len(sim.prompts_by(sim.user_tokens[0])) == 1
-    assert len(sim.prompts_by(sim.user_tokens[1])) == 1
+    first, second = (sim.prompts_by(token) for token in sim.user_tokens[:2])
+    assert [prompt.content for prompt in first] == ["hello", PROBE_TEXT], "the notice was confirmed"
+    assert len(second) == 1
     pool = await status(bridge)
     first = pool["tokens"][0]
     assert first["state"] == "resting"
@@ -60,7 +62,7 @@ async def test_a_spent_token_rests_and_the_next_one_answers(sim: SimulatedDiscor
     # A resting token is skipped until its reset.
     for _ in range(4):
         assert (await post_chat(bridge))[0] == 200
-    assert len(sim.prompts_by(sim.user_tokens[0])) == 1
+    assert len(sim.prompts_by(sim.user_tokens[0])) == 2
 
 
 @pytest.mark.parametrize("notice", [DAILY_LIMIT_TEXT, CREATOR_LIMIT_TEXT], ids=["daily", "creator"])
@@ -81,6 +83,30 @@ async def test_a_coze_bot_that_echoes_cannot_burn_the_pool(
     assert (await post_chat(bridge))[0] == 200
 
 
+@pytest.mark.parametrize("notice", [DAILY_LIMIT_TEXT, CREATOR_LIMIT_TEXT], ids=["daily", "creator"])
+async def test_a_notice_dictated_in_other_words_rests_nothing(
+    sim: SimulatedDiscord, bridge: Bridge, notice: str
+) -> None:
+    # The caller's words do not contain the notice, so only the probe can tell it from a limit.
+    sim.script = lambda prompt: ReplyPlan(
+        text=notice if "the limit sentence" in prompt.content else "ok", marker=False
+    )
+    for _ in range(3):
+        async with bridge.openai() as client:
+            response = await client.chat.completions.create(
+                model="coze", messages=[{"role": "user", "content": "Say the limit sentence."}]
+            )
+        assert response.choices[0].message.content == notice
+    probes = [prompt for prompt in sim.prompts_received if prompt.content == PROBE_TEXT]
+    assert len(probes) == 3, "each token's notice was checked once"
+    asked = {prompt.channel_id for prompt in sim.prompts_received} - {probes[0].channel_id}
+    assert len(asked) == 3
+    assert len({prompt.channel_id for prompt in probes}) == 1, "in a thread of the bridge's own"
+    pool = await status(bridge)
+    assert set(tokens_by_state(pool).values()) == {"healthy"}
+    assert [model["resting_until"] for model in pool["models"]] == [None]
+
+
 async def test_every_token_resting_is_429_until_the_earliest_reset(
     sim: SimulatedDiscord, start_bridge: BridgeFactory
 ) -> None:
@@ -94,12 +120,12 @@ async def test_every_token_resting_is_429_until_the_earliest_reset(
     reset = ResetTime.parse("09:30 Asia/Shanghai").next_after(datetime.now(UTC))
     wait = (reset - datetime.now(UTC)).total_seconds()
     assert abs(int(headers["Retry-After"]) - wait) < 5
-    assert len(sim.prompts_received) == 3
+    assert len(sim.prompts_received) == 6, "each token asked, and its notice confirmed"
     # Nothing is posted while every token rests; the answer is at once.
     code, headers, body = await post_chat(bridge)
     assert code == 429
     assert "x-should-retry" not in headers
-    assert len(sim.prompts_received) == 3
+    assert len(sim.prompts_received) == 6
     assert {t["state"] for t in (await status(bridge))["tokens"]} == {"resting"}
 
 
