@@ -177,7 +177,9 @@ async def test_a_dictated_notice_the_probe_does_not_confirm_is_an_answer(rig: Ri
     assert rig.discord.tokens_used() == ["user token #1"]
     (probe,) = rig.discord.probes()
     assert probe.token == "user token #1", "the probe comes from the token that got the notice"
-    assert probe.channel_id not in {post.channel_id for post in rig.discord.prompts()}, "in a thread of its own"
+    assert probe.channel_id not in {post.channel_id for post in rig.discord.prompts()}, (
+        "in a thread of its own"
+    )
     await rig.writes.wait()
     assert await rig.store.token_rests() == {}
     assert await rig.store.model_rests() == {}
