@@ -51,6 +51,9 @@ class DiscordSettings(BaseModel):
     # A thread's title, which every member of the server can read: "neutral" is `chat · <id>`;
     # "prompt" starts with the prompt's first words.
     thread_names: Literal["neutral", "prompt"] = "neutral"
+    # Private threads: only their members (the bridge's accounts and the Coze bot) and the
+    # server's moderators read the conversations.
+    private_threads: bool = False
 
 
 class ModelSettings(BaseModel):

@@ -84,6 +84,7 @@ async def open_backend(config: BackendConfig) -> AsyncIterator[DiscordBackend]:
                 credentials=credentials,
                 max_concurrent=settings.max_concurrent_posts,
                 thread_names=settings.thread_names,
+                private_threads=settings.private_threads,
             ),
             history=rest,
             reader=bot,

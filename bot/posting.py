@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
 
@@ -27,6 +28,7 @@ THREAD_NAME_CHARS = 60
 UNVERIFIED = 40002
 # A remembered thread that is gone: deleted (404), or archived and locked (50083).
 THREAD_ARCHIVED = 50083
+MEMBERS_KEPT = 10_000
 
 
 class ThreadGone(Exception):
@@ -44,6 +46,7 @@ class Posting:
         credentials: dict[str, Credential],
         max_concurrent: int,
         thread_names: Literal["neutral", "prompt"] = "neutral",
+        private_threads: bool = False,
     ) -> None:
         self._poster = poster
         self._channels = channels
@@ -51,6 +54,10 @@ class Posting:
         self._reader = reader
         self._credentials = credentials
         self._thread_names = thread_names
+        self._private = private_threads
+        self._user_ids: dict[str, int] = {}  # token fingerprint -> its account's id
+        # (thread, token fingerprint) known to be a member; forgetting one costs a repeated PUT.
+        self._members: OrderedDict[tuple[int, str], None] = OrderedDict()
         # A burst of new requests would otherwise queue ahead of every open stream's next
         # delta in the event loop.
         self.admission = asyncio.Semaphore(max_concurrent)
@@ -64,9 +71,29 @@ class Posting:
         if not self._channels.is_text_channel(model.channel_id):
             raise SendFailed(f"channel {model.channel_id} is not a text channel the bot can see")
         try:
-            return await self._poster.create_thread(model.channel_id, name, self._reader)
+            thread_id = await self._poster.create_thread(
+                model.channel_id, name, self._reader, private=self._private
+            )
+            if self._private:
+                # A private thread is invisible to everyone not in it, the Coze bot included.
+                await self._poster.add_thread_member(thread_id, model.coze_bot_id, self._reader)
         except RestError as exc:
             raise SendFailed(f"Discord did not create a thread: {exc}") from None
+        return thread_id
+
+    async def _join(self, inbox: Inbox, token: PoolToken) -> None:
+        """In a private thread, the token's account must be a member before it may post."""
+        key = (inbox.channel_id, token.fingerprint)
+        if key in self._members:
+            self._members.move_to_end(key)
+            return
+        credential = self._credentials[token.fingerprint]
+        if (user_id := self._user_ids.get(token.fingerprint)) is None:
+            user_id = self._user_ids[token.fingerprint] = await self._poster.user_id(credential)
+        await self._poster.add_thread_member(inbox.channel_id, user_id, self._reader)
+        self._members[key] = None
+        if len(self._members) > MEMBERS_KEPT:
+            self._members.popitem(last=False)
 
     async def post(
         self,
@@ -77,6 +104,11 @@ class Posting:
         token: PoolToken,
     ) -> None:
         credential = self._credentials[token.fingerprint]
+        if self._private:
+            try:
+                await self._join(inbox, token)
+            except RestError as exc:
+                raise _refusal(inbox, exc) from None
         # Only the Coze bot may be pinged, whatever the prompt text contains.
         mentions: AllowedMentions = {"parse": [], "users": [str(model.coze_bot_id)]}
         for index, chunk in enumerate(chunks):

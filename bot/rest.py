@@ -157,17 +157,37 @@ class DiscordRest:
         created = await self.request("POST", path, credential, form=form)
         return int(created["id"])
 
-    async def create_thread(self, channel_id: int, name: str, credential: Credential) -> int:
-        """A public thread in a text channel (type 11), archived by Discord after an idle hour."""
+    async def create_thread(
+        self, channel_id: int, name: str, credential: Credential, *, private: bool = False
+    ) -> int:
+        """A thread in a text channel, archived by Discord after an idle hour: public (type 11),
+        or private (type 12: only its members and moderators see it; nobody else may invite)."""
+        body: dict[str, Any] = {"name": name, "type": 12 if private else 11, "auto_archive_duration": 60}
+        if private:
+            body["invitable"] = False
         created = await self.request(
             "POST",
             f"/channels/{channel_id}/threads",
             credential,
-            json={"name": name, "type": 11, "auto_archive_duration": 60},
+            json=body,
             # A caller waits on this before anything streams; Discord's 5xx retries would take longer.
             attempt_seconds=THREAD_TIMEOUT,
         )
         return int(created["id"])
+
+    async def add_thread_member(self, thread_id: int, user_id: int, credential: Credential) -> None:
+        """Make `user_id` a member of the thread (a no-op for a member already)."""
+        await self.request(
+            "PUT",
+            f"/channels/{thread_id}/thread-members/{user_id}",
+            credential,
+            attempt_seconds=THREAD_TIMEOUT,
+        )
+
+    async def user_id(self, credential: Credential) -> int:
+        """The id of the account behind `credential`."""
+        me = await self.request("GET", "/users/@me", credential, attempt_seconds=THREAD_TIMEOUT)
+        return int(me["id"])
 
     async def archive_thread(self, thread_id: int, credential: Credential) -> None:
         await self.request("PATCH", f"/channels/{thread_id}", credential, json={"archived": True})

@@ -20,7 +20,13 @@ Clock = Callable[[], float]
 class Poster(Protocol):
     """Makes threads and posts prompts; raises `bot.rest.RestError` when Discord refuses."""
 
-    async def create_thread(self, channel_id: int, name: str, credential: Credential) -> int: ...
+    async def create_thread(
+        self, channel_id: int, name: str, credential: Credential, *, private: bool = False
+    ) -> int: ...
+
+    async def add_thread_member(self, thread_id: int, user_id: int, credential: Credential) -> None: ...
+
+    async def user_id(self, credential: Credential) -> int: ...
 
     async def post_message(
         self,

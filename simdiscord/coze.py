@@ -170,6 +170,8 @@ class CozeBot:
         bot = next((b for b in self.world.coze_bots if b in message.mentions), None)
         if bot is None or message.author.id in {b.id for b in self.world.coze_bots}:
             return
+        if not self.world.channels[message.channel_id].admits(bot.id):
+            return  # a private thread it was never added to: it sees nothing there
         context = (message.channel_id, bot.id)
         prompt = PromptInfo(
             message_id=message.id,

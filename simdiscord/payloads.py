@@ -51,18 +51,19 @@ def channel(world: World, ch: Channel) -> dict[str, Any]:
         "last_message_id": None,
         "flags": 0,
     }
-    if ch.type == 11:
+    if ch.is_thread:
         data |= {
             "parent_id": str(ch.parent_id),
             "owner_id": str(ch.owner_id),
             "message_count": ch.message_count,
-            "member_count": 1,
+            "member_count": len(ch.members) if ch.members is not None else 1,
             "total_message_sent": ch.message_count,
             "thread_metadata": {
                 "archived": ch.archived,
                 "auto_archive_duration": 60,
                 "archive_timestamp": timestamp(ch.id),
                 "locked": False,
+                **({"invitable": False} if ch.members is not None else {}),
             },
         }
     else:
@@ -119,9 +120,7 @@ def guild(world: World) -> dict[str, Any]:
         "member_count": len(accounts),
         "members": [member(world, account) for account in accounts],
         "channels": [channel(world, ch) for ch in world.channels.values() if ch.type != 11],
-        "threads": [
-            channel(world, ch) for ch in world.channels.values() if ch.type == 11 and not ch.archived
-        ],
+        "threads": [channel(world, ch) for ch in world.channels.values() if ch.is_thread and not ch.archived],
         "voice_states": [],
         "presences": [],
         "stage_instances": [],

@@ -90,6 +90,9 @@ class Rest:
             app.router.add_get(f"{base}/channels/{{channel_id}}", self.get_channel)
             app.router.add_patch(f"{base}/channels/{{channel_id}}", self.patch_channel)
             app.router.add_post(f"{base}/channels/{{channel_id}}/threads", self.create_thread)
+            app.router.add_put(
+                f"{base}/channels/{{channel_id}}/thread-members/{{user_id}}", self.add_thread_member
+            )
             app.router.add_post(f"{base}/channels/{{channel_id}}/messages", self.create_message)
             app.router.add_get(f"{base}/channels/{{channel_id}}/messages", self.list_messages)
             app.router.add_get(f"{base}/channels/{{channel_id}}/messages/{{message_id}}", self.get_message)
@@ -191,7 +194,7 @@ class Rest:
         if channel is None:
             return error(404, "Unknown Channel", 10003)
         body = await request.json()
-        if "archived" in body and channel.type == 11:
+        if "archived" in body and channel.is_thread:
             channel.archived = bool(body["archived"])
             self.world.changed()
         await self._on_channel("THREAD_UPDATE", channel.id)
@@ -205,9 +208,29 @@ class Rest:
         name = str(body.get("name") or "").strip()
         if not 1 <= len(name) <= 100:
             return error(400, "Invalid Form Body: name", 50035)
-        thread = self.world.add_channel(name, type=11, parent_id=parent.id, owner_id=request[ACCOUNT].id)
+        kind = body.get("type", 11)
+        if kind not in (11, 12):
+            return error(400, "Invalid Form Body: type", 50035)
+        owner = request[ACCOUNT].id
+        thread = self.world.add_channel(name, type=kind, parent_id=parent.id, owner_id=owner)
+        if kind == 12:
+            thread.members = {owner}
         await self._on_channel("THREAD_CREATE", thread.id)
         return reply(payloads.channel(self.world, thread), 201)
+
+    async def add_thread_member(self, request: web.Request) -> web.Response:
+        thread = self.world.channels.get(int(request.match_info["channel_id"]))
+        if thread is None or not thread.is_thread:
+            return error(404, "Unknown Channel", 10003)
+        if not thread.admits(request[ACCOUNT].id):
+            return error(403, "Missing Access", 50001)
+        user_id = int(request.match_info["user_id"])
+        if user_id not in self.world.accounts:
+            return error(404, "Unknown User", 10013)
+        if thread.members is not None:
+            thread.members.add(user_id)
+            self.world.changed()
+        return web.Response(status=204)
 
     async def create_message(self, request: web.Request) -> web.Response:
         channel = self.world.channels.get(int(request.match_info["channel_id"]))
@@ -215,6 +238,8 @@ class Rest:
             return error(404, "Unknown Channel", 10003)
         if request[ACCOUNT].id in self.world.unverified:
             return error(403, "You need to verify your account in order to perform this action.", 40002)
+        if not channel.admits(request[ACCOUNT].id):
+            return error(403, "Missing Access", 50001)  # a private thread it was not added to
         if request.content_type == "multipart/form-data":
             body, files = await self._multipart(request)
         else:

@@ -36,11 +36,20 @@ class Account:
 class Channel:
     id: int
     name: str
-    type: int  # 0 text channel, 11 public thread
+    type: int  # 0 text channel, 11 public thread, 12 private thread
     parent_id: int | None = None
     owner_id: int | None = None
     archived: bool = False
     message_count: int = 0
+    # A private thread's members: only they (and moderators) see it and post in it.
+    members: set[int] | None = None
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type in (11, 12)
+
+    def admits(self, account_id: int) -> bool:
+        return self.members is None or account_id in self.members
 
 
 @dataclass

@@ -64,6 +64,11 @@ class Post:
 Script = Callable[[Post], Reply | None]
 
 
+def user_id(label: str) -> int:
+    """The fake account id behind a credential's label ("user token #2" is 902)."""
+    return 900 + int(label.rsplit("#", 1)[1]) if "#" in label else 900
+
+
 def is_probe(post: Post) -> bool:
     return post.content.endswith(PROBE_TEXT)
 
@@ -90,6 +95,8 @@ class FakeDiscord:
         self.thread_gate: asyncio.Event | None = None  # create_thread waits on it when set
         self.post_gate: asyncio.Event | None = None  # post_message waits on it when set
         self.history: list[MessagePayload] = []
+        self.members: dict[int, list[int]] = {}  # private thread -> the accounts added, in order
+        self.revoked: set[str] = set()  # token labels whose account Discord no longer knows
         self._timers: list[asyncio.TimerHandle] = []
         self._posted = asyncio.Condition()
 
@@ -107,14 +114,30 @@ class FakeDiscord:
     def tokens_used(self) -> list[str]:
         return [post.token for post in self.prompts()]
 
-    async def create_thread(self, channel_id: int, name: str, credential: Credential) -> int:
+    async def create_thread(
+        self, channel_id: int, name: str, credential: Credential, *, private: bool = False
+    ) -> int:
         if self.thread_gate is not None:
             await self.thread_gate.wait()
         if self.thread_failures:
             raise self.thread_failures.pop(0)
         thread_id = next(self._ids)
         self.threads.append(thread_id)
+        if private:
+            self.members[thread_id] = []
         return thread_id
+
+    async def add_thread_member(self, thread_id: int, user_id: int, credential: Credential) -> None:
+        await asyncio.sleep(0)
+        if thread_id in self.gone_threads:
+            raise RestError("Unknown Channel", status=404, code=10003)
+        self.members.setdefault(thread_id, []).append(user_id)
+
+    async def user_id(self, credential: Credential) -> int:
+        await asyncio.sleep(0)
+        if credential.label in self.revoked:
+            raise RestError("401: Unauthorized", status=401, code=0)
+        return user_id(credential.label)
 
     async def post_message(
         self,
@@ -133,9 +156,13 @@ class FakeDiscord:
                 raise error
         if channel_id in self.gone_threads:
             raise RestError("Unknown Channel", status=404, code=10003)
+        if user_id(credential.label) not in self.members.get(channel_id, [user_id(credential.label)]):
+            raise RestError("Missing Access", status=403, code=50001)  # a private thread it is not in
         post = Post(channel_id, payload["content"], credential.label, next(self._ids), len(files))
         self.posts.append(post)
-        if f"<@{COZE}>" in post.content and (reply := self.script(post)) is not None:
+        # In a private thread the Coze bot sees only what is posted after it was added.
+        sees = COZE in self.members.get(channel_id, [COZE])
+        if f"<@{COZE}>" in post.content and sees and (reply := self.script(post)) is not None:
             self._answer(post, reply)
         async with self._posted:
             self._posted.notify_all()
@@ -205,6 +232,7 @@ async def make_rig(
     completion: CompletionSettings = COMPLETION,
     store: MemoryStore | None = None,
     max_concurrent_posts: int = 4,
+    private_threads: bool = False,
 ) -> AsyncIterator[Rig]:
     loop = asyncio.get_running_loop()
     # The wall clock on the loop's time. looptime starts the loop's virtual time with the test
@@ -235,6 +263,7 @@ async def make_rig(
             reader=reader,
             credentials=credentials,
             max_concurrent=max_concurrent_posts,
+            private_threads=private_threads,
         ),
         history=discord,
         reader=reader,

@@ -29,7 +29,19 @@ from bot.interface import (
 )
 from bot.probe import VERDICT_SECONDS
 from bot.rest import RestError
-from tests.backend_rig import COMPLETION, MIDNIGHT, NOON, Post, Reply, Rig, answer, is_probe, make_rig
+from tests.backend_rig import (
+    COMPLETION,
+    COZE,
+    MIDNIGHT,
+    NOON,
+    Post,
+    Reply,
+    Rig,
+    answer,
+    is_probe,
+    make_rig,
+    user_id,
+)
 
 pytestmark = pytest.mark.looptime
 
@@ -321,6 +333,29 @@ async def test_the_finish_goes_out_before_the_storage_write(rig: Rig) -> None:
     gate.set()
     await rig.writes.wait()
     assert await rig.store.find_conversation(key) == one.channel_id
+
+
+async def test_private_threads_take_in_the_coze_bot_and_each_posting_account() -> None:
+    async for rig in make_rig(private_threads=True):
+        conversation = "private-1"
+        for _ in range(3):  # tokens #1, #2, #1
+            events = await rig.run(rig.ask(conversation=conversation))
+            assert finished(events).content == "Hello there, friend."
+        (thread,) = rig.discord.threads
+        assert rig.discord.members[thread] == [COZE, user_id("user token #1"), user_id("user token #2")]
+        assert rig.discord.tokens_used() == ["user token #1", "user token #2", "user token #1"]
+
+
+async def test_a_token_whose_account_is_gone_gives_way_in_a_private_thread() -> None:
+    async for rig in make_rig(private_threads=True):
+        rig.discord.revoked.add("user token #1")
+        events = await rig.run(rig.ask())
+        assert finished(events).content == "Hello there, friend."
+        assert rig.discord.tokens_used() == ["user token #2"]
+        assert [token.state for token in rig.backend.status().tokens] == [
+            TokenState.INVALID,
+            TokenState.HEALTHY,
+        ]
 
 
 async def test_a_thread_being_forgotten_is_not_continued(rig: Rig) -> None:

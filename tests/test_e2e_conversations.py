@@ -247,3 +247,24 @@ async def test_thread_titles_keep_the_prompt_to_themselves(
     title = sim.world.channels[sim.prompts_received[0].channel_id].name
     assert ("salary" in title) is shows_prompt
     assert title.startswith("my salary" if shows_prompt else "chat · ")
+
+
+async def test_private_threads_show_the_conversation_only_to_its_members(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
+    bridge: Bridge = await start_bridge(discord={"private_threads": True})
+    turns = [{"role": "user", "content": "between us"}]
+    pinned = {"extra_body": {"conversation_id": "c-1"}}
+    answer = await ask(bridge, turns, **pinned)
+    assert answer.startswith('You asked: "between us"')
+    # The same conversation goes on with the next user token, which must join the thread first.
+    later = [*turns, {"role": "assistant", "content": answer}, {"role": "user", "content": "and?"}]
+    await ask(bridge, later, **pinned)
+    first, second = sim.prompts_received
+    assert first.channel_id == second.channel_id
+    assert first.author_id != second.author_id
+    thread = sim.world.channels[first.channel_id]
+    assert thread.type == 12
+    writers = {sim.account(token).id for token in sim.user_tokens[:2]}
+    assert thread.members == {sim.world.listener.id, sim.coze_bot_id, *writers}
+    assert not thread.admits(sim.world.human.id), "other members of the server do not see it"
