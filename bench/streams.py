@@ -134,6 +134,9 @@ async def start_target(kind: str, sim: SimulatedDiscord, port: int) -> asyncio.s
             | {
                 "BRIDGE_API__PORT": str(port),
                 "BRIDGE_COMPLETION__QUIET_SECONDS": "5",
+                # Every stream starts at the same instant: an operator expecting such bursts
+                # lets more than the default 256 wait for a posting slot.
+                "BRIDGE_API__MAX_WAITING": "4096",
                 # A fresh database per run, as a first start on a VPS would have.
                 "BRIDGE_STORAGE__PATH": os.path.join(tempfile.mkdtemp(prefix="coze-bench-"), "bridge.db"),
             }

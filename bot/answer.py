@@ -64,9 +64,11 @@ class Answering:
         heartbeat: float,
         *,
         asked: str = "",
+        max_waiting: int | None = None,
     ) -> AsyncGenerator[ReplyEvent, None]:
         """The whole answer to `chunks` (the turns' prompt messages): one reply, or several
-        stitched when Coze cut it off. `asked` is everything the caller wrote."""
+        stitched when Coze cut it off. `asked` is everything the caller wrote; `max_waiting`
+        refuses the first post when that many requests wait for a slot already."""
         mention = f"<@{model.coze_bot_id}>"
         files = [image for turn in turns for image in turn.images]
         transcript = Transcript()
@@ -83,7 +85,9 @@ class Answering:
                 transcript,
                 hide_ellipsis=transcript.parts < budget,
                 asked=asked,
+                max_waiting=max_waiting,
             )
+            max_waiting = None
             async with aclosing(exchange):
                 async for event in exchange:
                     if isinstance(event, Finished):
@@ -114,14 +118,23 @@ class Answering:
         *,
         hide_ellipsis: bool,
         asked: str,
+        max_waiting: int | None,
     ) -> AsyncGenerator[ReplyEvent, None]:
         """Post one prompt and follow its reply, moving to the next token when one is spent."""
         attempts = Attempts(self._ledger, model, self._completion.busy_backoff_seconds)
+        admission = self._posting.admission
         while True:
             token = attempts.next(self._clock(), posted=inbox.posted)
             try:
-                async with self._posting.admission, self._stopping.cut_short(posted=True):
-                    await self._posting.post(inbox, model, chunks, files, token)
+                async with aclosing(admission.wait(heartbeat, max_waiting=max_waiting)) as waiting:
+                    async for queued in waiting:
+                        yield queued
+                max_waiting = None
+                try:
+                    async with self._stopping.cut_short(posted=True):
+                        await self._posting.post(inbox, model, chunks, files, token)
+                finally:
+                    admission.release()
                 self._ledger.count_post(token, self._clock())
                 reply = follow_reply(
                     inbox,

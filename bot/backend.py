@@ -19,6 +19,7 @@ from bot.interface import (
     BackendStatus,
     BridgeState,
     Finished,
+    Limits,
     NotReady,
     PromptRequest,
     ReplyEvent,
@@ -99,6 +100,9 @@ class DiscordBackend:
     def models(self) -> Sequence[ModelSettings]:
         return self._models
 
+    def check_capacity(self, limits: Limits) -> None:
+        self._posting.admission.refuse_when_full(limits.max_waiting)
+
     @property
     def open_replies(self) -> int:
         return len(self._router)
@@ -166,15 +170,26 @@ class DiscordBackend:
     ) -> AsyncGenerator[ReplyEvent, None]:
         chunks = prompt_messages(plan.turns, model, request.limits.max_prompt_messages)
         thread_id = plan.thread_id
+        # The request's first wait for a posting slot is where a flood is refused.
+        max_waiting: int | None = request.limits.max_waiting
         if thread_id is None:
-            async with self._posting.admission, self._stopping.cut_short(posted=False):
-                thread_id = await self._posting.open_thread(model, self._posting.thread_name(request))
+            admission = self._posting.admission
+            async with aclosing(admission.wait(heartbeat, max_waiting=max_waiting)) as waiting:
+                async for queued in waiting:
+                    yield queued
+            try:
+                async with self._stopping.cut_short(posted=False):
+                    thread_id = await self._posting.open_thread(model, self._posting.thread_name(request))
+            finally:
+                admission.release()
             self._conversations.started(thread_id, model.name, self._clock())
+            max_waiting = None
         inbox = self._router.open(thread_id)
         try:
-            async with aclosing(
-                self._answering.answer(inbox, model, plan.turns, chunks, heartbeat, asked=asked(request))
-            ) as events:
+            answer = self._answering.answer(
+                inbox, model, plan.turns, chunks, heartbeat, asked=asked(request), max_waiting=max_waiting
+            )
+            async with aclosing(answer) as events:
                 async for event in events:
                     if isinstance(event, Finished):
                         # Before the event goes out: the caller stops reading at the finish chunk.

@@ -49,6 +49,7 @@ class Limits:
 
     max_prompt_messages: int = 10  # Discord messages one prompt may take
     max_waiting_per_conversation: int = 4  # requests waiting behind the one in flight
+    max_waiting: int = 256  # requests waiting for a posting slot, all conversations together
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,11 @@ class Idle:
     """Nothing arrived for one heartbeat interval; lets the caller send keep-alives."""
 
 
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The request waits for a posting slot (at once, then every heartbeat until it has one)."""
+
+
 FinishReason = Literal["stop", "length", "content_filter"]
 
 
@@ -90,7 +96,7 @@ class Finished:
     images: tuple[str, ...] = ()  # image URLs in the reply, also linked at the end of `content`
 
 
-ReplyEvent = TextDelta | Idle | Finished
+ReplyEvent = TextDelta | Idle | Queued | Finished
 
 
 class BridgeError(Exception):
@@ -157,6 +163,12 @@ class ConversationBusy(BridgeError):
     code = "conversation_busy"
 
 
+class Overloaded(BridgeError):
+    """Too many requests already wait for a posting slot; nothing was posted."""
+
+    code = "overloaded"
+
+
 class TokenState(enum.Enum):
     HEALTHY = "healthy"
     RESTING = "resting"  # every Coze bot it serves gave it the daily-limit notice
@@ -197,6 +209,11 @@ class Backend(Protocol):
 
     def status(self) -> BackendStatus: ...
 
+    def check_capacity(self, limits: Limits) -> None:
+        """Raise `Overloaded` when a request now would wait behind `limits.max_waiting` others
+        (the API asks before a stream's headers go out; `complete` checks again)."""
+        ...
+
     async def wait_ready(self) -> None:
         """Return once requests can be served (the caller bounds the wait)."""
         ...
@@ -206,7 +223,7 @@ class Backend(Protocol):
         ...
 
     def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
-        """Post the prompt and yield the reply: deltas, `Idle`s, then exactly one `Finished`.
+        """Post the prompt and yield the reply: deltas, `Idle`s and `Queued`s, then exactly one `Finished`.
 
         Raises `BridgeError` instead of finishing. Closing the iterator early releases
         everything the request held.

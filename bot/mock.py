@@ -14,6 +14,7 @@ from bot.config import ModelSettings
 from bot.interface import (
     BackendStatus,
     BridgeState,
+    Limits,
     NotReady,
     PromptRequest,
     ReplyEvent,
@@ -45,6 +46,9 @@ class MockBackend:
 
     def status(self) -> BackendStatus:
         return BackendStatus(self.state, self.open_replies, (), ())
+
+    def check_capacity(self, limits: Limits) -> None:
+        return None
 
     async def wait_ready(self) -> None:
         return None

@@ -6,13 +6,13 @@ posts (`InvalidToken`), a remembered thread that is gone (`ThreadGone`), or a se
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
 
+from bot.admission import Admission
 from bot.config import ModelSettings
 from bot.interface import ImageFile, PromptRequest, SendFailed
 from bot.ledger import InvalidToken
@@ -58,9 +58,7 @@ class Posting:
         self._user_ids: dict[str, int] = {}  # token fingerprint -> its account's id
         # (thread, token fingerprint) known to be a member; forgetting one costs a repeated PUT.
         self._members: OrderedDict[tuple[int, str], None] = OrderedDict()
-        # A burst of new requests would otherwise queue ahead of every open stream's next
-        # delta in the event loop.
-        self.admission = asyncio.Semaphore(max_concurrent)
+        self.admission = Admission(max_concurrent)
 
     def thread_name(self, request: PromptRequest) -> str:
         return thread_name(request, with_prompt=self._thread_names == "prompt")

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
-from bot.interface import Backend, BridgeError, BridgeState, Finished, Idle, PromptRequest, TextDelta
+from bot.interface import Backend, BridgeError, BridgeState, Finished, Idle, PromptRequest, Queued, TextDelta
 from bridge_api.appkeys import (
     API_KEY,
     BACKEND,
@@ -26,7 +26,7 @@ from bridge_api.appkeys import (
     SETTINGS,
     STARTED,
 )
-from bridge_api.chunks import DONE, PING, ChunkStream, completion_body, sse, usage
+from bridge_api.chunks import DONE, PING, QUEUED, ChunkStream, completion_body, sse, usage
 from bridge_api.errors import APIError, server_error
 from bridge_api.flood import caller_of
 from bridge_api.image_input import load_images
@@ -80,6 +80,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
+    try:
+        backend.check_capacity(prompt.limits)  # a real 503 while the status line is still ours
+    except BridgeError as exc:
+        raise _bridge_error(request, exc) from None
     if chat.stream:
         return await _stream(request, backend, chat, prompt, ChunkStream(completion_id, created, chat.model))
     finished = await collect_reply(request, backend, prompt)
@@ -148,6 +152,8 @@ async def _stream(
                     await response.write(chunks.content(event.text))
                 elif isinstance(event, Idle):
                     await response.write(PING)
+                elif isinstance(event, Queued):
+                    await response.write(QUEUED)
                 else:
                     # The end in one write, before the backend's iterator is closed.
                     ending = chunks.finish(event.reason)

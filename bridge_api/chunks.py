@@ -11,6 +11,7 @@ from bot.interface import Finished
 DONE = b"data: [DONE]\n\n"
 # A comment line: the SDK, NextChat and one-api skip it, and it keeps proxies from timing out.
 PING = b": ping\n\n"
+QUEUED = b": queued\n\n"  # waiting for a posting slot
 
 
 def estimate_tokens(text: str) -> int:

@@ -15,6 +15,7 @@ from bot.interface import (
     CozeLimited,
     ModelLimited,
     NotReady,
+    Overloaded,
     PromptTooLong,
     ReplyTimeout,
     SendFailed,
@@ -37,6 +38,7 @@ BRIDGE_STATUS: dict[type[BridgeError], int] = {
     ServerShutdown: 503,
     PromptTooLong: 400,
     ConversationBusy: 429,
+    Overloaded: 503,
 }
 # The request field a bridge failure is about, where it is one.
 BRIDGE_PARAM: dict[type[BridgeError], str] = {PromptTooLong: "messages"}

@@ -60,9 +60,11 @@ class ApiSettings(BaseModel):
     rate_limit_per_minute: int = Field(default=0, ge=0)
     # Requests that may wait behind the one in flight on a conversation; more are 429.
     max_waiting_per_conversation: int = Field(default=4, ge=0)
+    # Requests that may wait for a posting slot (discord.max_concurrent_posts); more are 503.
+    max_waiting: int = Field(default=256, ge=0)
 
     def limits(self) -> Limits:
-        return Limits(self.max_prompt_messages, self.max_waiting_per_conversation)
+        return Limits(self.max_prompt_messages, self.max_waiting_per_conversation, self.max_waiting)
 
     # "error": an unknown model is 404 model_not_found; "first": the first model answers it.
     unknown_model: Literal["error", "first"] = "error"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -18,8 +19,12 @@ from bot.interface import (
     CozeLimited,
     Finished,
     Idle,
+    Limits,
     ModelLimited,
     NotReady,
+    Overloaded,
+    PromptRequest,
+    Queued,
     ReplyEvent,
     ReplyTimeout,
     SendFailed,
@@ -493,3 +498,30 @@ async def test_after_shutdown_new_requests_are_not_ready(rig: Rig) -> None:
     with pytest.raises(NotReady):
         await rig.run(rig.ask())
     assert rig.discord.posts == []
+
+
+async def test_past_max_waiting_a_request_is_overloaded_before_posting_anything() -> None:
+    limits = Limits(max_waiting=1)
+
+    def ask(rig: Rig, text: str) -> PromptRequest:
+        return replace(rig.ask(text), limits=limits)
+
+    async for rig in make_rig(max_concurrent_posts=1):
+        rig.discord.thread_gate = asyncio.Event()  # the one slot is busy making a thread
+        first = asyncio.ensure_future(rig.run(ask(rig, "first")))
+        second = asyncio.ensure_future(rig.run(ask(rig, "second"), heartbeat=2.0))
+        await rig.advance(5)
+        rig.backend.check_capacity(Limits(max_waiting=2))  # room for one more
+        with pytest.raises(Overloaded) as caught:
+            rig.backend.check_capacity(limits)
+        assert caught.value.retry_after == 1
+        with pytest.raises(Overloaded) as refused:
+            await rig.run(ask(rig, "third"))
+        assert not refused.value.posted
+        rig.discord.thread_gate.set()
+        assert finished(await first).content == "Hello there, friend."
+        events = await second
+        assert events[:3] == [Queued(), Queued(), Queued()], "at once, then every heartbeat"
+        assert finished(events).content == "Hello there, friend."
+        assert [post.content.endswith(("first", "second")) for post in rig.discord.prompts()] == [True, True]
+        assert len(rig.discord.threads) == 2, "the third made no thread"

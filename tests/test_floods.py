@@ -1,11 +1,17 @@
-"""Floods stop before Discord (issue 11): requests per minute per caller."""
+"""Floods stop before Discord (issue 11): requests per minute per caller, and a bounded queue
+for posting slots."""
 
 from __future__ import annotations
+
+import asyncio
 
 import aiohttp
 import pytest
 
+from bridge_api.chunks import QUEUED
 from bridge_api.flood import RateLimiter
+from simdiscord import SimulatedDiscord
+from tests.conftest import Bridge, BridgeFactory
 from tests.mock_bridge import mock_bridge
 
 BODY = {"model": "coze", "messages": [{"role": "user", "content": "hi"}]}
@@ -55,3 +61,33 @@ def test_the_window_slides() -> None:
     assert limiter.wait("a") is None, "the first request left the window"
     assert limiter.wait("a") == pytest.approx(30.0)
     assert RateLimiter(0).wait("a") is None, "0 is no limit"
+
+
+async def test_past_max_waiting_requests_are_503_overloaded_and_waiting_streams_hear_queued(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
+    bridge: Bridge = await start_bridge(discord={"max_concurrent_posts": 1}, api={"max_waiting": 1})
+    url = f"{bridge.base_url}/v1/chat/completions"
+    gate = sim.hold("POST", "/channels/{channel_id}/threads")  # the one posting slot stays busy
+    first = asyncio.ensure_future(post(bridge.http, url))
+    async with asyncio.timeout(10):
+        await sim.wait_for(lambda: bool(sim.held))
+    async with bridge.http.post(url, json=BODY | {"stream": True}) as waiting:
+        assert waiting.status == 200
+        async with asyncio.timeout(10):
+            head = await waiting.content.readuntil(QUEUED)
+        assert b"data: " in head, "the role chunk, then the comment"
+        for stream in (False, True):
+            async with bridge.http.post(url, json=BODY | {"stream": stream}) as refused:
+                assert refused.status == 503
+                assert (await refused.json())["error"]["code"] == "overloaded"
+                assert int(refused.headers["Retry-After"]) >= 1
+                assert "x-should-retry" not in refused.headers, "nothing was posted: retrying is safe"
+        gate.set()
+        rest = (await waiting.read()).decode()
+    assert rest.endswith("data: [DONE]\n\n")
+    assert '"finish_reason":"stop"' in rest
+    assert (await first)[0] == 200
+    assert len(sim.prompts_received) == 2, "the refused requests posted nothing"
+    threads = [channel for channel in sim.world.channels.values() if channel.is_thread]
+    assert len(threads) == 2
