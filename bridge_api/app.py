@@ -11,13 +11,14 @@ from aiohttp import web
 from bot.interface import Backend, open_discord_backend
 from bridge_api.appkeys import BACKEND, HTTP_CLIENT, KEYS, LIMITER, METRICS, SETTINGS
 from bridge_api.chat import chat_completions
+from bridge_api.deadlines import GuardedSite
 from bridge_api.flood import RateLimiter
 from bridge_api.imagegen import image_generations
 from bridge_api.info import get_model, healthz, list_models, metrics_endpoint, readyz, status
 from bridge_api.metrics import Metrics
 from bridge_api.middleware import add_common_headers, bridge_middleware
 from bridge_api.outbound import Outbound, is_refused
-from bridge_api.settings import Settings
+from bridge_api.settings import ApiSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -79,25 +80,29 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def make_runner(app: web.Application) -> web.AppRunner:
-    """The one way to serve the app (CLI, tests, benchmarks)."""
-    # handler_cancellation: when a client goes away mid-stream, aiohttp cancels the handler,
-    # which closes the backend iterator and releases the request's waiter at once.
-    # shutdown_timeout bounds the wait for handlers, so SIGTERM exits well within 10 s.
-    return web.AppRunner(
-        app, handler_cancellation=True, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE
-    )
-
-
 @contextlib.asynccontextmanager
 async def serving(
     app: web.Application, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[tuple[web.AppRunner, int]]:
-    """Serve `app` on host:port for the block; yields the runner and the port bound (0: a free one)."""
-    runner = make_runner(app)
+    """The one way to serve an app (CLI, tests, benchmarks): on host:port for the block; yields
+    the runner and the port bound (0: a free one)."""
+    api = app[SETTINGS].api if SETTINGS in app else ApiSettings()  # (tests serve plain apps too)
+    # handler_cancellation: when a client goes away mid-stream, aiohttp cancels the handler,
+    # which closes the backend iterator and releases the request's waiter at once.
+    # shutdown_timeout bounds the wait for handlers, so SIGTERM exits well within 10 s.
+    # keepalive_timeout also ends a kept-alive connection still waiting for the next request's
+    # headers: the header deadline after the first request.
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_GRACE,
+        keepalive_timeout=api.header_timeout_seconds,
+    )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await GuardedSite(runner, host, port, header_seconds=api.header_timeout_seconds).start()
         yield runner, runner.addresses[0][1]
     finally:
         await runner.cleanup()

@@ -27,6 +27,7 @@ from bridge_api.appkeys import (
     STARTED,
 )
 from bridge_api.chunks import DONE, PING, QUEUED, ChunkStream, completion_body, sse, usage
+from bridge_api.deadlines import read_body
 from bridge_api.errors import APIError, server_error
 from bridge_api.flood import caller_of
 from bridge_api.image_input import load_images
@@ -108,7 +109,7 @@ def require_ready(backend: Backend) -> None:
 
 
 async def read_json(request: web.Request) -> object:
-    raw = await request.read()  # aiohttp raises 413 past client_max_size
+    raw = await read_body(request, request.app[SETTINGS].api.body_timeout_seconds)
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -41,6 +41,10 @@ class ApiSettings(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535)
     keys: list[ApiKey] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # A client that has not sent a request's headers this long after connecting (or after its
+    # previous response) is cut off with 408; so is one whose body takes longer than its own.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
     # Browser origins that may call the API; they apply only once api.keys are set (or
     # allow_no_auth is): without keys, any web page a local user opens could drive the bridge.
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
