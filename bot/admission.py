@@ -34,8 +34,8 @@ class Admission:
             )
 
     async def wait(self, heartbeat: float, *, max_waiting: int | None = None) -> AsyncGenerator[Queued, None]:
-        """Take a slot (release it with `release`), yielding `Queued` at once and every heartbeat
-        while waiting. With `max_waiting`, refuse instead of waiting behind that many."""
+        """Take a slot (release it with `release`), yielding `Queued` every heartbeat while
+        waiting. With `max_waiting`, refuse instead of waiting behind that many."""
         if max_waiting is not None:
             self.refuse_when_full(max_waiting)
         if not self._semaphore.locked():
@@ -43,7 +43,8 @@ class Admission:
             return
         self.waiting += 1
         try:
-            yield QUEUED
+            # Nothing said at once: most waits are short, and a comment per waiting stream is
+            # a write (and a read for the client) that a burst of a thousand cannot spare.
             while True:
                 try:
                     async with asyncio.timeout(heartbeat):

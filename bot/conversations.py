@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from bot.store import Store
 from bot.tasks import TaskSet
 
 ROLES = {"developer": "system", "function": "tool"}
+
+log = logging.getLogger(__name__)
 
 
 def history_key(model: str, turns: Sequence[ChatTurn], *, caller: str = "", user: str | None = None) -> str:
@@ -69,7 +72,12 @@ class Conversations:
     async def _find(self, key: str) -> int | None:
         if (thread_id := self._unwritten.get(key)) is not None:
             return thread_id
-        thread_id = await self._store.find_conversation(key)
+        try:
+            thread_id = await self._store.find_conversation(key)
+        except Exception as exc:
+            # The answer matters more than the thread: the whole history goes to a new one.
+            log.error("could not read a conversation from storage (%s); starting a new thread", exc)
+            return None
         return None if thread_id in self._forgetting else thread_id
 
     async def plan(self, request: PromptRequest, model: str) -> Plan:

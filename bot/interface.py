@@ -82,7 +82,7 @@ class Idle:
 
 @dataclass(frozen=True, slots=True)
 class Queued:
-    """The request waits for a posting slot (at once, then every heartbeat until it has one)."""
+    """The request still waits for a posting slot (every heartbeat until it has one)."""
 
 
 FinishReason = Literal["stop", "length", "content_filter"]

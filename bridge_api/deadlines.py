@@ -102,6 +102,8 @@ class GuardedSite(web.BaseSite):
 async def read_body(request: web.Request, seconds: float) -> bytes:
     """The whole body, or 408 when it does not arrive within `seconds` (aiohttp's 413 past
     client_max_size)."""
+    if request.content.is_eof():
+        return await request.read()  # it came with the headers: no timer to set and cancel
     try:
         async with asyncio.timeout(seconds):
             return await request.read()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
 
 import openai
@@ -339,3 +340,35 @@ async def test_readiness_follows_the_gateway(sim: SimulatedDiscord, bridge: Brid
     async with bridge.http.get(f"{bridge.base_url}/readyz") as resp:
         assert resp.status == 200
     assert sim.prompts_received == []
+
+
+async def test_a_failing_database_costs_no_answer(
+    sim: SimulatedDiscord, bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = bridge.backend._conversations._store  # type: ignore[attr-defined]
+    failed: list[str] = []
+
+    def broken(name: str) -> Any:
+        async def fail(*args: object) -> Any:
+            failed.append(name)
+            raise sqlite3.OperationalError("disk I/O error")
+
+        return fail
+
+    for name in ("find_conversation", "add_thread", "remember", "save_token"):
+        setattr(store, name, broken(name))
+    turns: list[Any] = [{"role": "user", "content": "still there?"}]
+    async with bridge.openai() as client:
+        first = await client.chat.completions.create(model="coze", messages=turns)
+        answer = first.choices[0].message.content or ""
+        assert answer.startswith('You asked: "still there?"')
+        turns += [{"role": "assistant", "content": answer}, {"role": "user", "content": "and now?"}]
+        second = await client.chat.completions.create(model="coze", messages=turns)
+    # Unreadable, the conversation goes on in a new thread with its whole history.
+    assert (second.choices[0].message.content or "").startswith("You asked:")
+    before, after = sim.prompts_received
+    assert before.channel_id != after.channel_id
+    assert "still there?" in after.content
+    assert "and now?" in after.content
+    assert {"find_conversation", "add_thread", "save_token"} <= set(failed)
+    assert "disk I/O error" in caplog.text, "the failed bookkeeping is logged"

@@ -66,7 +66,9 @@ def test_the_window_slides() -> None:
 async def test_past_max_waiting_requests_are_503_overloaded_and_waiting_streams_hear_queued(
     sim: SimulatedDiscord, start_bridge: BridgeFactory
 ) -> None:
-    bridge: Bridge = await start_bridge(discord={"max_concurrent_posts": 1}, api={"max_waiting": 1})
+    bridge: Bridge = await start_bridge(
+        discord={"max_concurrent_posts": 1}, api={"max_waiting": 1, "ping_seconds": 0.2}
+    )
     url = f"{bridge.base_url}/v1/chat/completions"
     gate = sim.hold("POST", "/channels/{channel_id}/threads")  # the one posting slot stays busy
     first = asyncio.ensure_future(post(bridge.http, url))
