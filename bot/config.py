@@ -54,6 +54,13 @@ class DiscordSettings(BaseModel):
     # Private threads: only their members (the bridge's accounts and the Coze bot) and the
     # server's moderators read the conversations.
     private_threads: bool = False
+    # An outbound proxy for everything sent to Discord (gateway, REST) and, unless images.proxy
+    # says otherwise, image fetches: http://, https://, socks5:// or socks5h://, with optional
+    # user:pass@. None: direct.
+    proxy: SecretStr | None = None
+    # The gateway's websocket URL, for a reverse proxy in front of Discord; None: what
+    # GET {api_base}/gateway/bot answers.
+    gateway_url: str | None = None
 
 
 class ModelSettings(BaseModel):

@@ -82,6 +82,16 @@ class ImageSettings(BaseModel):
     # Fetches for callers may reach loopback, private and link-local addresses (an operator whose
     # images sit on their own LAN); off, no caller can make the bridge reach inside the host.
     allow_private_networks: bool = False
+    # The proxy for image fetches: None follows discord.proxy, "" fetches directly.
+    proxy: SecretStr | None = None
+
+
+class LogSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # "text" for people, "json" (one object per line) for log collectors.
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class Settings(BaseSettings):
@@ -93,6 +103,7 @@ class Settings(BaseSettings):
     accounts: AccountSettings = Field(default_factory=AccountSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
     models: list[ModelSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
