@@ -22,6 +22,7 @@ from bot.router import ReplyRouter
 from bot.sqlite_store import open_sqlite_store
 from bot.tasks import TaskSet
 from bot.token_pool import PoolToken, TokenPool, fingerprint
+from bridge_api.proxy import configured, connector
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,21 @@ async def open_backend(config: BackendConfig) -> AsyncIterator[DiscordBackend]:
     tasks, writes = TaskSet(), TaskSet()
     router = ReplyRouter()
     models = config.model_routes
+    proxy = await configured(settings.proxy)
+    if proxy is not None:
+        log.info("Discord through the proxy %s", proxy.shown)
     gateway = Gateway(
         guild_id=settings.guild_id,
         coze_bot_ids=frozenset(model.coze_bot_id for model in models),
         router=router,
         state=GatewayState(),
+        # discord.py opens the gateway websocket on its REST session: the connector covers both.
+        connector=None if proxy is None else connector(proxy, limit=0),
+        gateway_url=settings.gateway_url,
     )
     async with (
         open_sqlite_store(config.storage.path) as store,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+        aiohttp.ClientSession(connector=connector(proxy), timeout=aiohttp.ClientTimeout(total=30)) as session,
     ):
         pool.restore(await store.tokens(), await store.token_rests(), await store.model_rests())
         rest = DiscordRest(settings.api_base, session)

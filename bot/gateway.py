@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import aiohttp
 import discord
 import yarl
 
@@ -29,7 +30,14 @@ class Gateway:
     """Turns the listener's events into the bridge's gateway state, and its payloads into replies."""
 
     def __init__(
-        self, *, guild_id: int, coze_bot_ids: frozenset[int], router: ReplyRouter, state: GatewayState
+        self,
+        *,
+        guild_id: int,
+        coze_bot_ids: frozenset[int],
+        router: ReplyRouter,
+        state: GatewayState,
+        connector: aiohttp.BaseConnector | None = None,
+        gateway_url: str | None = None,
     ) -> None:
         self.state = state
         self._guild_id = guild_id
@@ -38,11 +46,19 @@ class Gateway:
         self.on_resync: Callable[[], None] = lambda: None
         self._guild_seen = False
         self._warned_empty = False
-        self.listener = Listener(coze_bot_ids=coze_bot_ids, sink=self._coze_payload, lifecycle=self._event)
+        # A configured gateway URL (a reverse proxy in front of Discord) replaces /gateway/bot's answer.
+        self._gateway_url = gateway_url
+        self.listener = Listener(
+            coze_bot_ids=coze_bot_ids,
+            sink=self._coze_payload,
+            lifecycle=self._event,
+            connector=connector,
+            pinned_gateway=None if gateway_url is None else yarl.URL(gateway_url),
+        )
 
     async def login(self, rest: DiscordRest, bot: Credential, token: str) -> None:
         try:
-            _point_discordpy_at(rest.api_base, await rest.gateway_url(bot))
+            _point_discordpy_at(rest.api_base, self._gateway_url or await rest.gateway_url(bot))
             await self.listener.login(token)
         except (RestError, discord.LoginFailure) as exc:
             raise StartupError(f"cannot log in to Discord at {rest.api_base}: {exc}") from None

@@ -10,7 +10,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import discord
+import yarl
 from discord.state import ConnectionState
 
 from bot.payloads import MessagePayload
@@ -41,6 +43,15 @@ class _CozeFirstState(ConnectionState[Any]):
 
     coze_bot_ids: frozenset[int] = frozenset()
     coze_sink: Callable[[MessagePayload], None] = staticmethod(lambda payload: None)
+    # Where RESUMEs go too, instead of READY's resume_gateway_url (Discord's own host, which a
+    # reverse proxy in front of Discord is there to avoid).
+    pinned_gateway: yarl.URL | None = None
+
+    def parse_ready(self, data: Any) -> None:
+        super().parse_ready(data)
+        if self.pinned_gateway is not None:
+            # The websocket set `gateway` from READY just before calling this parser.
+            self._get_websocket().gateway = self.pinned_gateway
 
     def parse_message_create(self, data: Any) -> None:
         self._take_coze(data)
@@ -66,6 +77,8 @@ class Listener(discord.Client):
         coze_bot_ids: frozenset[int],
         sink: Callable[[MessagePayload], None],
         lifecycle: LifecycleHook,
+        connector: aiohttp.BaseConnector | None = None,
+        pinned_gateway: yarl.URL | None = None,
     ) -> None:
         # The bridge never joins voice; discord.py would warn on every start that voice libraries are missing.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
@@ -76,12 +89,15 @@ class Listener(discord.Client):
             # Without this, on_ready waits ~2 s for member chunks we never use.
             chunk_guilds_at_startup=False,
             member_cache_flags=discord.MemberCacheFlags.none(),
+            # None: discord.py's own; a proxy's carries REST and the gateway websocket alike.
+            connector=connector,
         )
         self._lifecycle = lifecycle
         state = self._connection
         assert isinstance(state, _CozeFirstState)
         state.coze_bot_ids = coze_bot_ids
         state.coze_sink = sink
+        state.pinned_gateway = pinned_gateway
 
     def _get_state(self, **options: Any) -> ConnectionState[Any]:
         return _CozeFirstState(

@@ -18,6 +18,7 @@ from bridge_api.info import get_model, healthz, list_models, metrics_endpoint, r
 from bridge_api.metrics import Metrics
 from bridge_api.middleware import add_common_headers, bridge_middleware
 from bridge_api.outbound import Outbound, is_refused
+from bridge_api.proxy import ProxyUrl, configured
 from bridge_api.settings import ApiSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,16 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
     # The one client for URLs callers (and Coze's replies) name: guarded against the bridge's own network.
     settings = app[SETTINGS]
     refused = None if settings.images.allow_private_networks else is_refused
-    async with Outbound(refused=refused) as client:
+    async with Outbound(refused=refused, proxy=await _image_proxy(settings)) as client:
         app[HTTP_CLIENT] = client
         yield
+
+
+async def _image_proxy(settings: Settings) -> ProxyUrl | None:
+    # images.proxy: None follows discord.proxy; "" fetches directly.
+    return await configured(
+        settings.discord.proxy if settings.images.proxy is None else settings.images.proxy
+    )
 
 
 @contextlib.asynccontextmanager

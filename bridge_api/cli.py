@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.interface import StartupError
+from bridge_api import logs
 from bridge_api.app import make_app, serving
 from bridge_api.appkeys import BACKEND
 from bridge_api.settings import ConfigError, Settings, load_settings
@@ -36,7 +37,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="listen address (overrides api.host)")
     parser.add_argument("--port", type=int, help="listen port (overrides api.port)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="overrides log.level for this run",
+    )
     return parser.parse_args(argv)
 
 
@@ -47,14 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return doctor(argv[1:])
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api: dict[str, Any] = {}
     if args.host is not None:
         api["host"] = args.host
     if args.port is not None:
         api["port"] = args.port
     try:
-        return asyncio.run(_run(args.config, api, demo=args.demo))
+        return asyncio.run(_run(args.config, api, demo=args.demo, log_level=args.log_level))
     except ConfigError as exc:
         hint = "" if args.config or args.demo else " (give --config FILE, BRIDGE_* variables, or --demo)"
         print(f"coze-bridge: {exc}{hint}", file=sys.stderr)
@@ -64,9 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STARTUP
 
 
-async def _run(config: Path | None, api: dict[str, Any], *, demo: bool) -> int:
+async def _run(config: Path | None, api: dict[str, Any], *, demo: bool, log_level: str | None) -> int:
     if not demo:
-        await serve(load_settings(config, api=api))
+        settings = load_settings(config, api=api)
+        _configure_logging(settings, log_level)
+        await serve(settings)
         return 0
     from simdiscord import SimulatedDiscord  # the simulation is only loaded for the demo
 
@@ -76,8 +82,15 @@ async def _run(config: Path | None, api: dict[str, Any], *, demo: bool) -> int:
             settings = load_settings(
                 config, discord=sim.discord_settings(), api=api, storage={"path": f"{storage}/bridge.db"}
             )
+            _configure_logging(settings, log_level)
             await serve(settings, demo=True)
     return 0
+
+
+def _configure_logging(settings: Settings, level: str | None) -> None:
+    """Logging as `log` says, `--log-level` overriding its level."""
+    # Until the settings are loaded only warnings reach stderr (Python's last-resort handler).
+    logs.configure(level or settings.log.level, settings.log.format)
 
 
 async def serve(settings: Settings, *, demo: bool = False) -> None:

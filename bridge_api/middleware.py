@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -23,6 +24,7 @@ from bridge_api.appkeys import (
 )
 from bridge_api.bearer import matches_any, presented_key
 from bridge_api.errors import APIError, server_error
+from bridge_api.logs import current_request_id
 
 log = logging.getLogger("coze_bridge.access")
 
@@ -42,6 +44,15 @@ CLIENT_GONE = 499
 async def bridge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
     request[REQUEST_ID] = incoming if SANE_REQUEST_ID.fullmatch(incoming) else f"req_{uuid.uuid4().hex}"
+    # Every line logged while handling the request carries its id, the backend's lines too.
+    context = current_request_id.set(request[REQUEST_ID])
+    try:
+        return await _handle(request, handler)
+    finally:
+        current_request_id.reset(context)
+
+
+async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = request[STARTED] = time.perf_counter()
     response: web.StreamResponse
     try:
@@ -60,7 +71,7 @@ async def bridge_middleware(request: web.Request, handler: Handler) -> web.Strea
         _record(request, CLIENT_GONE, started)
         raise
     except Exception:
-        log.exception("request %s failed", request[REQUEST_ID])
+        log.exception("request failed")
         response = server_error().response()
     _record(request, request.get(IN_BAND_ERROR, response.status), started)
     return response
@@ -81,16 +92,28 @@ def _record(request: web.Request, status: int, started: float) -> None:
     metrics.requests.labels(route, str(status)).inc()
     metrics.duration.labels(route).observe(elapsed)
     first = request.get(FIRST_TOKEN)
+    to_first = first - started if first is not None else None
+    fields = {
+        "method": request.method,
+        "path": loggable(request.path),
+        "status": status,
+        "model": loggable(request.get(MODEL, "-")),
+        "key": key_fingerprint(request[API_KEY]) if API_KEY in request else "-",
+        "first_token_seconds": round(to_first, 3) if to_first is not None else None,
+        "duration_seconds": round(elapsed, 3),
+    }
+    # Text shows the fields in the line; JSON also carries each as its own field.
     log.info(
-        "%s %s %s model=%s -> %s in %.3fs (first token %s)",
-        request[REQUEST_ID],
-        request.method,
-        loggable(request.path),
-        loggable(request.get(MODEL, "-")),
-        status,
-        elapsed,
-        f"{first - started:.3f}s" if first is not None else "-",
+        "%(method)s %(path)s %(status)s model=%(model)s key=%(key)s first_token=%(first)s duration=%(duration)s",
+        fields
+        | {"first": f"{to_first:.3f}s" if to_first is not None else "-", "duration": f"{elapsed:.3f}s"},
+        extra=fields,
     )
+
+
+def key_fingerprint(key: str) -> str:
+    """A short id for an API key, to tell callers apart in the log without revealing the key."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 async def add_common_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -20,6 +20,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from bridge_api.proxy import NameResolver, ProxyUrl, connector
+
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -156,18 +158,22 @@ class Outbound:
         limit: int = 64,
         limit_per_host: int = 4,
         resolver: AbstractResolver | None = None,
+        proxy: ProxyUrl | None = None,
     ) -> None:
         self.refused = refused
         self.total_timeout = total_timeout
-        inner = resolver or DefaultResolver()
-        connector = aiohttp.TCPConnector(
+        # Through a proxy, names are still resolved and checked here: the proxy is asked to
+        # tunnel to a checked address only. Unguarded, the proxy may resolve them itself (socks5h).
+        inner = resolver or (DefaultResolver() if proxy is None or refused is not None else NameResolver())
+        tunnel = connector(
+            proxy,
             resolver=inner if refused is None else GuardedResolver(inner, refused),
             # A slow host holds at most `limit_per_host` of the pool's connections.
             limit=limit,
             limit_per_host=limit_per_host,
         )
         self.session = aiohttp.ClientSession(
-            connector=connector,
+            connector=tunnel,
             # No cookies carried from one caller's fetch to another's; no proxy from the environment.
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,

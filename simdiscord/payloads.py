@@ -5,9 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from simdiscord.world import DISCORD_EPOCH_MS, Account, Attachment, Channel, Message, World
-
-ALL_PERMISSIONS = str((1 << 50) - 1)
+from simdiscord.world import DISCORD_EPOCH_MS, Account, Attachment, Channel, Message, Role, World
 
 
 def timestamp(snowflake: int) -> str:
@@ -30,7 +28,7 @@ def user(account: Account) -> dict[str, Any]:
 def member(world: World, account: Account) -> dict[str, Any]:
     return {
         "user": user(account),
-        "roles": [],
+        "roles": [str(role_id) for role_id in world.member_roles.get(account.id, [])],
         "joined_at": timestamp(world.guild_id),
         "deaf": False,
         "mute": False,
@@ -45,7 +43,10 @@ def channel(world: World, ch: Channel) -> dict[str, Any]:
         "name": ch.name,
         "type": ch.type,
         "position": 0,
-        "permission_overwrites": [],
+        "permission_overwrites": [
+            {"id": str(o.id), "type": o.type, "allow": str(o.allow), "deny": str(o.deny)}
+            for o in ch.overwrites
+        ],
         "nsfw": False,
         "rate_limit_per_user": 0,
         "last_message_id": None,
@@ -71,8 +72,33 @@ def channel(world: World, ch: Channel) -> dict[str, Any]:
     return data
 
 
+def role(r: Role) -> dict[str, Any]:
+    return {
+        "id": str(r.id),
+        "name": r.name,
+        "color": 0,
+        "hoist": False,
+        "position": r.position,
+        "permissions": str(r.permissions),
+        "managed": False,
+        "mentionable": False,
+        "flags": 0,
+    }
+
+
+def partial_guild(world: World) -> dict[str, Any]:
+    """A guild as GET /users/@me/guilds lists it."""
+    return {
+        "id": str(world.guild_id),
+        "name": "Simulated Guild",
+        "icon": None,
+        "owner": False,
+        "features": [],
+    }
+
+
 def guild(world: World) -> dict[str, Any]:
-    accounts = list(world.accounts.values())
+    accounts = [account for account in world.accounts.values() if account.id in world.members]
     return {
         "id": str(world.guild_id),
         "name": "Simulated Guild",
@@ -85,19 +111,7 @@ def guild(world: World) -> dict[str, Any]:
         "verification_level": 0,
         "default_message_notifications": 0,
         "explicit_content_filter": 0,
-        "roles": [
-            {
-                "id": str(world.guild_id),
-                "name": "@everyone",
-                "color": 0,
-                "hoist": False,
-                "position": 0,
-                "permissions": ALL_PERMISSIONS,
-                "managed": False,
-                "mentionable": False,
-                "flags": 0,
-            }
-        ],
+        "roles": [role(r) for r in world.roles.values()],
         "emojis": [],
         "stickers": [],
         "features": [],
@@ -196,7 +210,7 @@ def application(world: World) -> dict[str, Any]:
         "bot_public": False,
         "bot_require_code_grant": False,
         "verify_key": "0" * 64,
-        "flags": 1 << 19,  # GATEWAY_MESSAGE_CONTENT: the intent is granted
+        "flags": world.application_flags,
         "owner": user(world.human),
         "team": None,
         "summary": "",

@@ -86,7 +86,12 @@ class Rest:
             app.router.add_get(f"{base}/gateway", self.gateway)
             app.router.add_get(f"{base}/gateway/bot", self.gateway)
             app.router.add_get(f"{base}/users/@me", self.me)
+            app.router.add_get(f"{base}/users/@me/guilds", self.my_guilds)
             app.router.add_get(f"{base}/oauth2/applications/@me", self.application)
+            app.router.add_get(f"{base}/applications/@me", self.application)
+            app.router.add_get(f"{base}/guilds/{{guild_id}}", self.get_guild)
+            app.router.add_get(f"{base}/guilds/{{guild_id}}/roles", self.guild_roles)
+            app.router.add_get(f"{base}/guilds/{{guild_id}}/members/{{user_id}}", self.guild_member)
             app.router.add_get(f"{base}/channels/{{channel_id}}", self.get_channel)
             app.router.add_patch(f"{base}/channels/{{channel_id}}", self.patch_channel)
             app.router.add_post(f"{base}/channels/{{channel_id}}/threads", self.create_thread)
@@ -182,6 +187,33 @@ class Rest:
 
     async def application(self, request: web.Request) -> web.Response:
         return reply(payloads.application(self.world))
+
+    async def my_guilds(self, request: web.Request) -> web.Response:
+        joined = request[ACCOUNT].id in self.world.members
+        return reply([payloads.partial_guild(self.world)] if joined else [])
+
+    def _guild_refusal(self, request: web.Request) -> web.Response | None:
+        """Discord's answer when the guild is unknown, or the caller is not one of its members."""
+        if request.match_info["guild_id"] != str(self.world.guild_id):
+            return error(404, "Unknown Guild", 10004)
+        if request[ACCOUNT].id not in self.world.members:
+            return error(403, "Missing Access", 50001)
+        return None
+
+    async def get_guild(self, request: web.Request) -> web.Response:
+        return self._guild_refusal(request) or reply(payloads.guild(self.world))
+
+    async def guild_roles(self, request: web.Request) -> web.Response:
+        refusal = self._guild_refusal(request)
+        return refusal or reply([payloads.role(r) for r in self.world.roles.values()])
+
+    async def guild_member(self, request: web.Request) -> web.Response:
+        if (refusal := self._guild_refusal(request)) is not None:
+            return refusal
+        account = self.world.accounts.get(int(request.match_info["user_id"]))
+        if account is None or account.id not in self.world.members:
+            return error(404, "Unknown Member", 10007)
+        return reply(payloads.member(self.world, account))
 
     async def get_channel(self, request: web.Request) -> web.Response:
         channel = self.world.channels.get(int(request.match_info["channel_id"]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -15,7 +15,7 @@ from simdiscord.coze import CozeBot, PromptInfo, Script, default_script
 from simdiscord.gateway import Gateway
 from simdiscord.ratelimit import RateLimits
 from simdiscord.rest import Rest
-from simdiscord.world import Account, Message, World
+from simdiscord.world import GATEWAY_MESSAGE_CONTENT, Account, Message, Overwrite, World
 
 
 class SimulatedDiscord:
@@ -135,9 +135,46 @@ class SimulatedDiscord:
         """Another Coze-published bot in the guild; returns its user id."""
         return self.world.add_coze_bot(name).id
 
-    def add_channel(self, name: str) -> int:
-        """Another text channel in the guild (before the bridge connects); returns its id."""
-        return self.world.add_channel(name, type=0).id
+    def add_channel(self, name: str, *, type: int = 0) -> int:
+        """Another channel in the guild (before the bridge connects): text (0), category (4)...;
+        returns its id."""
+        return self.world.add_channel(name, type=type).id
+
+    @property
+    def listener_id(self) -> int:
+        return self.world.listener.id
+
+    # The guild's setup, for the doctor's misconfigurations.
+    @property
+    def message_content_intent(self) -> bool:
+        return bool(self.world.application_flags & GATEWAY_MESSAGE_CONTENT)
+
+    @message_content_intent.setter
+    def message_content_intent(self, on: bool) -> None:
+        """The Developer Portal's Message Content switch (only the application flags show it)."""
+        if on:
+            self.world.application_flags |= GATEWAY_MESSAGE_CONTENT
+        else:
+            self.world.application_flags &= ~GATEWAY_MESSAGE_CONTENT
+
+    def leave_guild(self, account_id: int) -> None:
+        """The account is no longer a member of the guild (kicked, or never invited)."""
+        self.world.members.discard(account_id)
+
+    def add_role(self, name: str, permissions: int, *, members: Sequence[int] = ()) -> int:
+        """A role with these permission bits, given to `members`; returns its id."""
+        role = self.world.add_role(name, permissions)
+        for account_id in members:
+            self.world.member_roles.setdefault(account_id, []).append(role.id)
+        return role.id
+
+    def set_everyone_permissions(self, permissions: int) -> None:
+        self.world.roles[self.guild_id].permissions = permissions
+
+    def overwrite(self, channel_id: int, target_id: int, *, allow: int = 0, deny: int = 0) -> None:
+        """A permission overwrite on the channel for a role (or @everyone: the guild id) or a member."""
+        kind = 0 if target_id in self.world.roles else 1
+        self.world.channels[channel_id].overwrites.append(Overwrite(target_id, kind, allow, deny))
 
     def account(self, token: str) -> Account:
         return self.world.by_token(token)

@@ -32,6 +32,30 @@ class Account:
     bot: bool
 
 
+# Every permission but ADMINISTRATOR (1 << 3), which would make channel overwrites moot.
+EVERYONE_PERMISSIONS = ((1 << 50) - 1) & ~(1 << 3)
+# The application flag Discord sets once the Message Content intent is switched on.
+GATEWAY_MESSAGE_CONTENT = 1 << 18
+
+
+@dataclass
+class Role:
+    id: int
+    name: str
+    permissions: int
+    position: int = 0
+
+
+@dataclass
+class Overwrite:
+    """A channel permission overwrite: for a role (type 0) or a member (type 1)."""
+
+    id: int
+    type: int
+    allow: int = 0
+    deny: int = 0
+
+
 @dataclass
 class Channel:
     id: int
@@ -43,6 +67,7 @@ class Channel:
     message_count: int = 0
     # A private thread's members: only they (and moderators) see it and post in it.
     members: set[int] | None = None
+    overwrites: list[Overwrite] = field(default_factory=list)
 
     @property
     def is_thread(self) -> bool:
@@ -92,6 +117,13 @@ class World:
         self.guild_id = self.ids.next()
         self.accounts: dict[int, Account] = {}
         self._by_token: dict[str, Account] = {}
+        # The guild's members (every account, unless a test removes one) and their roles.
+        self.members: set[int] = set()
+        self.member_roles: dict[int, list[int]] = {}
+        # The @everyone role's id is the guild's own.
+        self.roles: dict[int, Role] = {self.guild_id: Role(self.guild_id, "@everyone", EVERYONE_PERMISSIONS)}
+        # The listener's application flags, as its Developer Portal switches set them.
+        self.application_flags = GATEWAY_MESSAGE_CONTENT
         self.listener = self.add_account("bridge-listener", bot=True)
         self.coze = self.add_account("Coze Bot", bot=True)
         self.coze_bots = [self.coze]
@@ -117,6 +149,7 @@ class World:
         )
         self.accounts[account.id] = account
         self._by_token[account.token] = account
+        self.members.add(account.id)
         return account
 
     def add_channel(
@@ -130,6 +163,11 @@ class World:
         account = self.add_account(name, bot=True)
         self.coze_bots.append(account)
         return account
+
+    def add_role(self, name: str, permissions: int) -> Role:
+        role = Role(self.ids.next(), name, permissions, position=len(self.roles))
+        self.roles[role.id] = role
+        return role
 
     def add_attachment(self, filename: str, content_type: str, data: bytes) -> Attachment:
         attachment = Attachment(self.ids.next(), filename, content_type, data)
