@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from bot.interface import Backend, open_discord_backend
-from bridge_api.appkeys import BACKEND, HTTP_CLIENT, KEYS, LIMITER, METRICS, SETTINGS
+from bridge_api.appkeys import BACKEND, CONFIG, HTTP_CLIENT, METRICS
 from bridge_api.chat import chat_completions
 from bridge_api.deadlines import GuardedSite
-from bridge_api.flood import RateLimiter
 from bridge_api.imagegen import image_generations
 from bridge_api.info import get_model, healthz, list_models, metrics_endpoint, readyz, status
+from bridge_api.live import LiveConfig
 from bridge_api.metrics import Metrics
 from bridge_api.middleware import add_common_headers, bridge_middleware
 from bridge_api.outbound import Outbound, is_refused
@@ -29,10 +29,8 @@ SHUTDOWN_GRACE = 5.0
 def make_app(settings: Settings, port: int, *, backend: Backend | None = None) -> web.Application:
     """The bridge's HTTP app. Without `backend`, it connects to Discord on startup."""
     app = web.Application(client_max_size=settings.api.max_body_bytes, middlewares=[bridge_middleware])
-    app[SETTINGS] = settings
+    app[CONFIG] = LiveConfig(settings)
     app[METRICS] = Metrics()
-    app[LIMITER] = RateLimiter(settings.api.rate_limit_per_minute)
-    app[KEYS] = tuple(key.get_secret_value().encode() for key in settings.accepted_keys())
     app.on_response_prepare.append(add_common_headers)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_backend_context(settings, port, backend))
@@ -74,7 +72,7 @@ def _backend_context(
 
 async def _http_client(app: web.Application) -> AsyncIterator[None]:
     # The one client for URLs callers (and Coze's replies) name: guarded against the bridge's own network.
-    settings = app[SETTINGS]
+    settings = app[CONFIG].now.settings
     refused = None if settings.images.allow_private_networks else is_refused
     async with Outbound(refused=refused, proxy=await _image_proxy(settings)) as client:
         app[HTTP_CLIENT] = client
@@ -94,7 +92,7 @@ async def serving(
 ) -> AsyncIterator[tuple[web.AppRunner, int]]:
     """The one way to serve an app (CLI, tests, benchmarks): on host:port for the block; yields
     the runner and the port bound (0: a free one)."""
-    api = app[SETTINGS].api if SETTINGS in app else ApiSettings()  # (tests serve plain apps too)
+    api = app[CONFIG].now.settings.api if CONFIG in app else ApiSettings()  # (tests serve plain apps too)
     # handler_cancellation: when a client goes away mid-stream, aiohttp cancels the handler,
     # which closes the backend iterator and releases the request's waiter at once.
     # shutdown_timeout bounds the wait for handlers, so SIGTERM exits well within 10 s.

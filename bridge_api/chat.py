@@ -15,16 +15,15 @@ from bot.interface import Backend, BridgeError, BridgeState, Finished, Idle, Pro
 from bridge_api.appkeys import (
     API_KEY,
     BACKEND,
+    CONFIG,
     FIRST_TOKEN,
     HTTP_CLIENT,
     IN_BAND_ERROR,
-    KEYS,
-    LIMITER,
     METRICS,
     MODEL,
     REQUEST_ID,
-    SETTINGS,
     STARTED,
+    USAGE,
 )
 from bridge_api.chunks import DONE, PING, QUEUED, ChunkStream, completion_body, sse, usage
 from bridge_api.deadlines import read_body
@@ -61,7 +60,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             code="too_many_images",
             param="messages",
         )
-    settings = request.app[SETTINGS].api
+    settings = request.app[CONFIG].now.settings.api
     images = await load_images(
         request.app[HTTP_CLIENT],
         [(param, url) for _, param, url in parts],
@@ -75,7 +74,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         request[REQUEST_ID],
         route=route,
         conversation=conversation,
-        caller=request.get(API_KEY, "") if request.app[KEYS] else "",
+        caller=request.get(API_KEY, "") if request.app[CONFIG].now.keys else "",
         limits=settings.limits(),
         images=[(index, image) for (index, _, _), image in zip(parts, images, strict=True)],
     )
@@ -88,13 +87,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if chat.stream:
         return await _stream(request, backend, chat, prompt, ChunkStream(completion_id, created, chat.model))
     finished = await collect_reply(request, backend, prompt)
-    counts = usage(_prompt_text(prompt), finished.content)
+    counts = request[USAGE] = usage(_prompt_text(prompt), finished.content)
     return web.json_response(completion_body(completion_id, created, chat.model, finished, counts))
 
 
 def refuse_floods(request: web.Request) -> None:
     """429 for a caller over `api.rate_limit_per_minute`, before anything is posted."""
-    request.app[LIMITER].admit(caller_of(request, request.get(API_KEY), bool(request.app[KEYS])))
+    config = request.app[CONFIG].now
+    config.limiter.admit(caller_of(request, request.get(API_KEY), bool(config.keys)))
 
 
 def require_ready(backend: Backend) -> None:
@@ -109,7 +109,7 @@ def require_ready(backend: Backend) -> None:
 
 
 async def read_json(request: web.Request) -> object:
-    raw = await read_body(request, request.app[SETTINGS].api.body_timeout_seconds)
+    raw = await read_body(request, request.app[CONFIG].now.settings.api.body_timeout_seconds)
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -141,7 +141,7 @@ async def _stream(
     # Coze can take longer than that to start.
     await response.prepare(request)
     await response.write(chunks.role())
-    heartbeat = request.app[SETTINGS].api.ping_seconds
+    heartbeat = request.app[CONFIG].now.settings.api.ping_seconds
     error: APIError | None = None
     open_streams = request.app[METRICS].open_streams
     open_streams.inc()
@@ -158,8 +158,9 @@ async def _stream(
                 else:
                     # The end in one write, before the backend's iterator is closed.
                     ending = chunks.finish(event.reason)
+                    counts = request[USAGE] = usage(_prompt_text(prompt), event.content)
                     if chat.include_usage:
-                        ending += chunks.usage(usage(_prompt_text(prompt), event.content))
+                        ending += chunks.usage(counts)
                     await response.write(ending + DONE)
                     break
             else:
@@ -178,7 +179,7 @@ async def _stream(
         # After the headers, the only way to report is in-band; the stream still ends cleanly.
         request[IN_BAND_ERROR] = error.status
         notice = b""
-        if request.app[SETTINGS].api.stream_errors_as_content:
+        if request.app[CONFIG].now.settings.api.stream_errors_as_content:
             notice = chunks.content(readable_notice(error, datetime.now(UTC)))
         await response.write(notice + sse(error.body()) + DONE)
     await response.write_eof()

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 from bot.interface import StartupError
 from bridge_api import logs
 from bridge_api.app import make_app, serving
-from bridge_api.appkeys import BACKEND
+from bridge_api.appkeys import BACKEND, CONFIG
 from bridge_api.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("coze_bridge")
@@ -30,6 +33,11 @@ READY_WAIT = 30.0
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="coze-bridge", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML settings file (BRIDGE_* variables override it)")
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        help="BRIDGE_* variables, one per line (systemd's EnvironmentFile syntax), read again on SIGHUP",
+    )
     parser.add_argument(
         "--demo",
         action="store_true",
@@ -58,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.port is not None:
         api["port"] = args.port
     try:
-        return asyncio.run(_run(args.config, api, demo=args.demo, log_level=args.log_level))
+        return asyncio.run(_run(args.config, args.env_file, api, demo=args.demo, log_level=args.log_level))
     except ConfigError as exc:
         hint = "" if args.config or args.demo else " (give --config FILE, BRIDGE_* variables, or --demo)"
         print(f"coze-bridge: {exc}{hint}", file=sys.stderr)
@@ -68,22 +76,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STARTUP
 
 
-async def _run(config: Path | None, api: dict[str, Any], *, demo: bool, log_level: str | None) -> int:
+async def _run(
+    config: Path | None, env_file: Path | None, api: dict[str, Any], *, demo: bool, log_level: str | None
+) -> int:
     if not demo:
-        settings = load_settings(config, api=api)
+        load = functools.partial(load_settings, config, env_file=env_file, api=api)
+        settings = load()
         _configure_logging(settings, log_level)
-        await serve(settings)
+        await serve(settings, reload=load, log_level=log_level)
         return 0
     from simdiscord import SimulatedDiscord  # the simulation is only loaded for the demo
 
     # The simulation's ids are new each run: a demo keeps its database in a temporary folder.
     with tempfile.TemporaryDirectory(prefix="coze-bridge-demo-") as storage:
         async with SimulatedDiscord(pace=1.0) as sim:
-            settings = load_settings(
-                config, discord=sim.discord_settings(), api=api, storage={"path": f"{storage}/bridge.db"}
+            load = functools.partial(
+                load_settings,
+                config,
+                env_file=env_file,
+                discord=sim.discord_settings(),
+                api=api,
+                storage={"path": f"{storage}/bridge.db"},
             )
+            settings = load()
             _configure_logging(settings, log_level)
-            await serve(settings, demo=True)
+            await serve(settings, demo=True, reload=load, log_level=log_level)
     return 0
 
 
@@ -93,8 +110,14 @@ def _configure_logging(settings: Settings, level: str | None) -> None:
     logs.configure(level or settings.log.level, settings.log.format)
 
 
-async def serve(settings: Settings, *, demo: bool = False) -> None:
-    """Serve until SIGINT or SIGTERM."""
+async def serve(
+    settings: Settings,
+    *,
+    demo: bool = False,
+    reload: Callable[[], Settings] | None = None,
+    log_level: str | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM; on SIGHUP, `reload` the settings."""
     app = make_app(settings, settings.api.port)
     async with serving(app, settings.api.host, settings.api.port) as (_, port):
         try:
@@ -111,12 +134,28 @@ async def serve(settings: Settings, *, demo: bool = False) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, _reload, app, reload, log_level)
         try:
             await stop.wait()
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         log.info("shutting down")
+
+
+def _reload(app: web.Application, load: Callable[[], Settings], log_level: str | None) -> None:
+    """SIGHUP (`systemctl reload`): read the settings again; keep those in force if they are invalid."""
+    try:
+        loaded = load()
+    except ConfigError as exc:
+        log.error("reload refused, the settings in force stay: %s", exc)
+        return
+    waiting = app[CONFIG].reload(loaded)
+    _configure_logging(loaded, log_level)
+    log.info("settings reloaded")
+    if waiting:
+        log.warning("changed settings that apply at the next start: %s", ", ".join(waiting))
 
 
 def _print_banner(settings: Settings, port: int, *, demo: bool) -> None:

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from bot.doctor import diagnose
 from bridge_api.compat import BOT_CONFIG, LISTS, PLAIN, proxy_settings
-from bridge_api.settings import ConfigError, Settings, load_settings
+from bridge_api.settings import ConfigError, Settings, effective_environ, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 MASK = "********"
@@ -28,6 +28,7 @@ MASK = "********"
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="coze-bridge doctor", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, help="TOML settings file (BRIDGE_* variables override it)")
+    parser.add_argument("--env-file", type=Path, help="BRIDGE_* variables, one per line (as coze-bridge)")
     parser.add_argument(
         "--show-config", action="store_true", help="print the effective settings and where each came from"
     )
@@ -49,13 +50,13 @@ def main(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) -> in
     args = parse_args(argv)
     environ = os.environ if environ is None else environ
     try:
-        settings = load_settings(args.config, environ=environ)
+        settings = load_settings(args.config, environ=environ, env_file=args.env_file)
     except ConfigError as exc:
         print(f"FAIL  settings: {exc}")
         return EXIT_CONFIG
     if args.show_config:
         print("ok    settings: valid; effective values (secrets masked) and their source:")
-        for line in show_config(settings, args.config, environ):
+        for line in show_config(settings, args.config, environ, env_file=args.env_file):
             print(f"      {line}")
         return EXIT_OK
     lines, code = asyncio.run(run_doctor(settings, probe=args.probe))
@@ -64,13 +65,21 @@ def main(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) -> in
 
 
 def show_config(
-    settings: Settings, path: Path | None, environ: Mapping[str, str], bot_config: Path = BOT_CONFIG
+    settings: Settings,
+    path: Path | None,
+    environ: Mapping[str, str],
+    bot_config: Path = BOT_CONFIG,
+    env_file: Path | None = None,
 ) -> list[str]:
     """`key = value  (source)` for every setting, the lowest-precedence source last checked."""
     file_data = tomllib.loads(path.read_text(encoding="utf-8")) if path is not None else {}
-    compat = proxy_settings(environ, bot_config)
-    # pydantic-settings reads BRIDGE_* from the process environment, whatever `environ` says.
-    env_names = {name.upper() for name in os.environ if name.upper().startswith("BRIDGE_")}
+    merged = effective_environ(environ, env_file)
+    compat = proxy_settings(merged, bot_config)
+    env_names = {
+        name.upper(): "environment" if name in environ else f"env file {env_file}"
+        for name in merged
+        if name.upper().startswith("BRIDGE_")
+    }
     out = []
     for parts, value in _flatten(settings.model_dump()):
         out.append(
@@ -116,7 +125,7 @@ def _source(
     parts: tuple[str | int, ...],
     file_data: Mapping[str, Any],
     compat: Mapping[str, Any],
-    env_names: set[str],
+    env_names: Mapping[str, str],
     path: Path | None,
     bot_config: Path,
 ) -> str:
@@ -125,7 +134,7 @@ def _source(
     names = [p for p in parts if isinstance(p, str)]
     for depth in range(len(names), 0, -1):
         if (variable := "BRIDGE_" + "__".join(names[:depth]).upper()) in env_names:
-            return f"environment {variable}"
+            return f"{env_names[variable]} {variable}"
     if _has(file_data, parts):
         return f"file {path}"
     if _has(compat, parts):

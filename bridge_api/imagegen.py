@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import Field
 
 from bot.interface import ChatTurn, PromptRequest
-from bridge_api.appkeys import BACKEND, HTTP_CLIENT, MODEL, REQUEST_ID, SETTINGS
+from bridge_api.appkeys import BACKEND, CONFIG, HTTP_CLIENT, MODEL, REQUEST_ID
 from bridge_api.chat import collect_reply, read_json, refuse_floods, require_ready
 from bridge_api.errors import APIError
 from bridge_api.image_input import ImageProblem, fetch, sniff
@@ -44,14 +44,14 @@ async def image_generations(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     require_ready(backend)
     refuse_floods(request)
-    instruction = request.app[SETTINGS].images.instruction
+    instruction = request.app[CONFIG].now.settings.images.instruction
     prompt = PromptRequest(
         request_id=request[REQUEST_ID],
         model=name,
         turns=(ChatTurn("user", instruction + ask.prompt),),
         route=route,
         fresh=True,
-        limits=request.app[SETTINGS].api.limits(),
+        limits=request.app[CONFIG].now.settings.api.limits(),
     )
     finished = await collect_reply(request, backend, prompt)
     candidates = list(dict.fromkeys([*finished.images, *MARKDOWN_IMAGE.findall(finished.content)]))
@@ -78,7 +78,7 @@ async def _fetch_images(request: web.Request, urls: list[str], n: int) -> list[t
     back to the caller, never what some URL in the text returns.
     """
     client = request.app[HTTP_CLIENT]
-    limit = request.app[SETTINGS].api.max_image_bytes
+    limit = request.app[CONFIG].now.settings.api.max_image_bytes
     images: list[tuple[str, bytes]] = []
     for url in urls:
         if len(images) == n:

@@ -13,14 +13,14 @@ from aiohttp import web
 
 from bridge_api.appkeys import (
     API_KEY,
+    CONFIG,
     FIRST_TOKEN,
     IN_BAND_ERROR,
-    KEYS,
     METRICS,
     MODEL,
     REQUEST_ID,
-    SETTINGS,
     STARTED,
+    USAGE,
 )
 from bridge_api.bearer import matches_any, presented_key
 from bridge_api.errors import APIError, server_error
@@ -101,12 +101,20 @@ def _record(request: web.Request, status: int, started: float) -> None:
         "key": key_fingerprint(request[API_KEY]) if API_KEY in request else "-",
         "first_token_seconds": round(to_first, 3) if to_first is not None else None,
         "duration_seconds": round(elapsed, 3),
+        # Estimated like the usage the response reports (None for requests without an answer).
+        "prompt_tokens": counts["prompt_tokens"] if (counts := request.get(USAGE)) else None,
+        "completion_tokens": counts["completion_tokens"] if counts else None,
     }
     # Text shows the fields in the line; JSON also carries each as its own field.
     log.info(
-        "%(method)s %(path)s %(status)s model=%(model)s key=%(key)s first_token=%(first)s duration=%(duration)s",
+        "%(method)s %(path)s %(status)s model=%(model)s key=%(key)s first_token=%(first)s "
+        "duration=%(duration)s tokens=%(tokens)s",
         fields
-        | {"first": f"{to_first:.3f}s" if to_first is not None else "-", "duration": f"{elapsed:.3f}s"},
+        | {
+            "first": f"{to_first:.3f}s" if to_first is not None else "-",
+            "duration": f"{elapsed:.3f}s",
+            "tokens": f"{counts['prompt_tokens']}+{counts['completion_tokens']}" if counts else "-",
+        },
         extra=fields,
     )
 
@@ -140,8 +148,9 @@ def _is_preflight(request: web.Request) -> bool:
 
 
 def _allowed_origin(request: web.Request) -> str | None:
-    api = request.app[SETTINGS].api
-    if not request.app[KEYS] and not api.allow_no_auth:
+    config = request.app[CONFIG].now
+    api = config.settings.api
+    if not config.keys and not api.allow_no_auth:
         return None  # without keys, no web page may read what the bridge answers
     origins = api.cors_origins
     if "*" in origins:
@@ -166,7 +175,7 @@ def _check_form(request: web.Request) -> None:
 
 
 def _check_key(request: web.Request) -> None:
-    keys = request.app[KEYS]
+    keys = request.app[CONFIG].now.keys
     presented = presented_key(request)
     if presented is not None:
         request[API_KEY] = presented

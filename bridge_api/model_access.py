@@ -8,7 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from bot.config import ModelSettings
-from bridge_api.appkeys import API_KEY, BACKEND, SETTINGS
+from bridge_api.appkeys import API_KEY, BACKEND, CONFIG
 from bridge_api.bearer import matches_any
 from bridge_api.errors import APIError
 
@@ -19,7 +19,7 @@ def resolve_model(request: web.Request, name: str) -> int:
     for index, model in candidates:
         if model.name == name:
             return index
-    if candidates and request.app[SETTINGS].api.unknown_model == "first":
+    if candidates and request.app[CONFIG].now.settings.api.unknown_model == "first":
         # Prefer a bot this key was given explicitly (coze-discord-proxy's bot_config.json).
         return min(candidates, key=lambda item: not item[1].api_keys)[0]
     raise APIError(

@@ -6,11 +6,20 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from bot.config import (
     DEFAULT_MODEL,
@@ -23,6 +32,9 @@ from bot.config import (
 )
 from bot.interface import Limits
 from bridge_api.compat import BOT_CONFIG, CompatError, proxy_settings
+
+# The variables the Settings being built read: the process environment over an --env-file's.
+_building_from: ContextVar[Mapping[str, str]] = ContextVar("_building_from")
 
 
 def is_loopback(host: str) -> bool:
@@ -147,7 +159,21 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's values arrive as init kwargs; the environment must win over them.
-        return env_settings, init_settings
+        return _GivenEnvironment(settings_cls, _building_from.get(os.environ)), init_settings
+
+
+class _GivenEnvironment(EnvSettingsSource):
+    """BRIDGE_* variables from a given mapping instead of os.environ, parsed as pydantic-settings
+    parses the environment (tables and lists as JSON)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._given = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._given, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
 
 
 class ConfigError(Exception):
@@ -158,12 +184,15 @@ def load_settings(
     path: Path | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    env_file: Path | None = None,
     bot_config: Path = BOT_CONFIG,
     **overrides: Any,
 ) -> Settings:
-    """Settings from, lowest first: coze-discord-proxy's names, the TOML file, `overrides`, BRIDGE_*."""
+    """Settings from, lowest first: coze-discord-proxy's names, the TOML file, `overrides`, BRIDGE_*
+    variables (those of `environ`, default the process's, over those of `env_file`)."""
+    environ = effective_environ(os.environ if environ is None else environ, env_file)
     try:
-        data = proxy_settings(os.environ if environ is None else environ, bot_config)
+        data = proxy_settings(environ, bot_config)
     except CompatError as exc:
         raise ConfigError(f"config error: {exc}") from None
     if path is not None:
@@ -174,6 +203,7 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     _merge(data, overrides)
+    building = _building_from.set(environ)
     try:
         return Settings(**data)
     except ValidationError as exc:
@@ -184,6 +214,21 @@ def load_settings(
             f"config error: {exc}: lists and tables in BRIDGE_* variables are JSON, "
             """e.g. BRIDGE_DISCORD__USER_TOKENS='["token-a", "token-b"]'"""
         ) from None
+    finally:
+        _building_from.reset(building)
+
+
+def effective_environ(environ: Mapping[str, str], env_file: Path | None) -> Mapping[str, str]:
+    """`environ` over the variables of `env_file` (systemd's EnvironmentFile syntax, read anew
+    on every load so a reload sees its changes)."""
+    if env_file is None:
+        return environ
+    try:
+        with env_file.open(encoding="utf-8") as stream:
+            listed = dotenv_values(stream=stream, interpolate=False)
+    except OSError as exc:
+        raise ConfigError(f"cannot read env file {env_file}: {exc.strerror}") from None
+    return {name: value for name, value in listed.items() if value is not None} | dict(environ)
 
 
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -152,15 +152,23 @@ def _toml(sim: SimulatedDiscord, path: Path) -> Path:
 
 
 async def test_show_config_masks_secrets_and_names_sources(
-    sim: SimulatedDiscord, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    sim: SimulatedDiscord, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = _toml(sim, tmp_path / "bridge.toml")
-    monkeypatch.setenv("BRIDGE_DISCORD__USER_TOKENS", json.dumps(sim.user_tokens[:1]))
-    # coze-discord-proxy's own name: the file's guild_id wins over it.
-    assert main(["--config", str(config), "--show-config"], environ={"GUILD_ID": "1"}) == 0
+    env_file = tmp_path / "env"
+    env_file.write_text("BRIDGE_API__PING_SECONDS=7\nBRIDGE_API__RATE_LIMIT_PER_MINUTE=9\n")
+    environ = {
+        "BRIDGE_DISCORD__USER_TOKENS": json.dumps(sim.user_tokens[:1]),
+        "BRIDGE_API__RATE_LIMIT_PER_MINUTE": "3",  # the process environment wins over the env file
+        "GUILD_ID": "1",  # coze-discord-proxy's own name: the file's guild_id wins over it
+    }
+    args = ["--config", str(config), "--env-file", str(env_file), "--show-config"]
+    assert main(args, environ=environ) == 0
     out = capsys.readouterr().out
     assert f"discord.bot_token = ********  (file {config})" in out
     assert "discord.user_tokens = [********]  (environment BRIDGE_DISCORD__USER_TOKENS)" in out
+    assert f"api.ping_seconds = 7.0  (env file {env_file} BRIDGE_API__PING_SECONDS)" in out
+    assert "api.rate_limit_per_minute = 3  (environment BRIDGE_API__RATE_LIMIT_PER_MINUTE)" in out
     assert f"discord.guild_id = {sim.guild_id}  (file {config})" in out
     assert "api.unknown_model = 'first'  (coze-discord-proxy compatibility)" in out
     assert "completion.quiet_seconds = 4.0  (default)" in out

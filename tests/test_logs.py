@@ -32,7 +32,17 @@ USER_TOKENS = [
 ]
 API_KEY = "sk-live-4f9c2e7a1b8d3f6e0a5c9b2d7e1f4a8c"
 OTHER_KEY = "sk-wrong-0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d"
-ACCESS_FIELDS = {"method", "path", "status", "model", "key", "first_token_seconds", "duration_seconds"}
+ACCESS_FIELDS = {
+    "method",
+    "path",
+    "status",
+    "model",
+    "key",
+    "first_token_seconds",
+    "duration_seconds",
+    "prompt_tokens",
+    "completion_tokens",
+}
 backend_log = logging.getLogger("bot.test_logs")
 
 
@@ -91,6 +101,9 @@ async def test_lines_logged_during_a_request_carry_its_id(caplog_with_ids: pytes
     assert access.request_id == "trace-1"  # type: ignore[attr-defined]
     text = logs.formatter("text").format(access)
     assert "[trace-1] POST /v1/chat/completions 200 model=coze key=- first_token=" in text
+    # "hi" and "fine": estimated as the response's usage reports them.
+    assert text.endswith(" tokens=1+1")
+    assert (access.prompt_tokens, access.completion_tokens) == (1, 1)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
