@@ -17,12 +17,12 @@ from bot.gateway_state import GatewayState
 from bot.housekeeping import housekeeping_loop
 from bot.ledger import Ledger
 from bot.posting import Posting
+from bot.proxy import configured, connector
 from bot.rest import Credential, DiscordRest
 from bot.router import ReplyRouter
 from bot.sqlite_store import open_sqlite_store
 from bot.tasks import TaskSet
 from bot.token_pool import PoolToken, TokenPool, fingerprint
-from bridge_api.proxy import configured, connector
 
 log = logging.getLogger(__name__)
 

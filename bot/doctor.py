@@ -7,6 +7,8 @@ import aiohttp
 from bot.config import BackendConfig
 from bot.doctor_checks import Line, SetupChecks
 from bot.doctor_probe import probe
+from bot.interface import StartupError
+from bot.proxy import configured, connector
 from bot.rest import DiscordRest, RestError
 
 # Every REST call of the doctor is quick; a hung Discord (or proxy) should not hang it.
@@ -14,9 +16,18 @@ CALL_TIMEOUT = 30.0
 
 
 async def diagnose(config: BackendConfig, *, with_probe: bool = False) -> list[Line]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT)) as session:
+    # The doctor reaches Discord the way the bridge does: through discord.proxy when set.
+    try:
+        proxy = await configured(config.discord.proxy)
+    except StartupError as exc:
+        return [Line("FAIL", "proxy", str(exc))]
+    async with aiohttp.ClientSession(
+        connector=connector(proxy), timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT)
+    ) as session:
         rest = DiscordRest(config.discord.api_base, session)
         checks = SetupChecks(config, rest)
+        if proxy is not None:
+            checks.found.add("ok", "proxy", f"{proxy.shown} accepts connections")
         try:
             found = await checks.run()
             if with_probe:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from bot.interface import Backend, open_discord_backend
+from bot.proxy import ProxyUrl, configured
 from bridge_api.appkeys import BACKEND, CONFIG, HTTP_CLIENT, METRICS
 from bridge_api.chat import chat_completions
 from bridge_api.deadlines import GuardedSite
@@ -18,7 +19,6 @@ from bridge_api.live import LiveConfig
 from bridge_api.metrics import Metrics
 from bridge_api.middleware import add_common_headers, bridge_middleware
 from bridge_api.outbound import Outbound, is_refused
-from bridge_api.proxy import ProxyUrl, configured
 from bridge_api.settings import ApiSettings, Settings
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from datetime import datetime
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot.interface import BridgeState, TokenState
+from bot.interface import MESSAGE_CONTENT_SWITCH, BridgeState, IntentMissing, TokenState
 from bridge_api.appkeys import BACKEND, METRICS
 from bridge_api.errors import APIError
 from bridge_api.model_access import visible_models
@@ -38,7 +38,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    state = request.app[BACKEND].state
+    backend_status = request.app[BACKEND].status()
+    state = backend_status.state
+    if backend_status.intent_missing is not None:
+        # Even a connected gateway is no use: Coze's replies arrive without their text.
+        body = {"status": state.value, "reason": "message_content_intent", "fix": MESSAGE_CONTENT_SWITCH}
+        return web.json_response(body, status=503, headers={"Retry-After": "5"})
     if state is BridgeState.READY:
         return web.json_response({"status": state.value})
     return web.json_response({"status": state.value}, status=503, headers={"Retry-After": "5"})
@@ -46,6 +51,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="seconds") if moment is not None else None
+
+
+def _intents(missing: IntentMissing | None) -> dict[str, str | None]:
+    if missing is None:
+        return {"message_content": "ok", "since": None, "seen_as": None}
+    return {"message_content": "missing", "since": _iso(missing.since), "seen_as": missing.seen_as}
 
 
 async def status(request: web.Request) -> web.Response:
@@ -70,6 +81,7 @@ async def status(request: web.Request) -> web.Response:
             {"name": model.name, "resting_until": _iso(model.resting_until)}
             for model in backend_status.models
         ],
+        "intents": _intents(backend_status.intent_missing),
     }
     return web.json_response(body)
 

@@ -20,7 +20,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from bridge_api.proxy import NameResolver, ProxyUrl, connector
+from bot.proxy import NameResolver, ProxyUrl, connector
 
 log = logging.getLogger(__name__)
 

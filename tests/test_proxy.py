@@ -18,9 +18,10 @@ import pytest
 from yarl import URL
 
 from bot.interface import StartupError
+from bot.proxy import masked, parse_proxy
 from bridge_api.app import _image_proxy
+from bridge_api.doctor import run_doctor
 from bridge_api.outbound import FetchFailed, Outbound, is_refused
-from bridge_api.proxy import masked, parse_proxy
 from simdiscord import SimulatedDiscord
 from simdiscord.payloads import attachment_url
 from simdiscord.png import solid_png
@@ -212,3 +213,30 @@ async def test_image_fetches_follow_discord_proxy_unless_told_otherwise(
         sim, tmp_path, discord={"proxy": dead}, images={"proxy": f"socks5://127.0.0.1:{own.port}"}
     )
     assert await _image_proxy(chosen) == parse_proxy(f"socks5://127.0.0.1:{own.port}")
+
+
+async def test_the_doctor_reaches_discord_through_the_proxy(
+    start_proxy: Callable[[str], asyncio.Future[Pproxy]], sim: SimulatedDiscord, tmp_path: Path
+) -> None:
+    proxy = await start_proxy(f"socks5://127.0.0.1:PORT#{USER}:{PASSWORD}")
+    url = f"socks5://{USER}:{PASSWORD}@127.0.0.1:{proxy.port}"
+    lines, code = await run_doctor(sim_settings(sim, tmp_path, discord={"proxy": url}))
+    report = "\n".join(lines)
+    assert code == 0, report
+    assert f"ok    proxy: socks5://***@127.0.0.1:{proxy.port} accepts connections" in report
+    assert PASSWORD not in report
+    assert USER not in report
+    discord_at = f"{URL(sim.api_base).host}:{URL(sim.api_base).port}"
+    await proxy.wait_for(lambda tunnels: discord_at in tunnels)
+
+
+async def test_the_doctor_names_a_dead_proxy_without_its_credentials(
+    sim: SimulatedDiscord, tmp_path: Path
+) -> None:
+    url = f"http://{USER}:{PASSWORD}@127.0.0.1:{free_port()}"
+    lines, code = await run_doctor(sim_settings(sim, tmp_path, discord={"proxy": url}))
+    assert code == 1
+    (failed,) = [line for line in lines if line.startswith("FAIL")]
+    assert failed.startswith("FAIL  proxy: the proxy http://***@127.0.0.1:")
+    assert "cannot be reached" in failed
+    assert PASSWORD not in "\n".join(lines)
