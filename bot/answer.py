@@ -7,10 +7,9 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
-from bot.config import CompletionSettings, ModelSettings
+from bot.config import ModelSettings
 from bot.continuation import CONTINUE_PROMPT, Transcript, is_cut_off
 from bot.follow import LimitNotice, follow_reply
-from bot.gateway_state import GatewayState
 from bot.interface import (
     ChatTurn,
     CozeBusy,
@@ -20,13 +19,11 @@ from bot.interface import (
     ReplyEvent,
     TextDelta,
 )
-from bot.ledger import Attempts, InvalidToken, Ledger
-from bot.posting import Posting
+from bot.ledger import Attempts, InvalidToken
 from bot.probe import Probing, Verdict
 from bot.prompt import render_prompt, split_prompt
-from bot.router import Inbox, ReplyRouter
-from bot.seams import Clock
-from bot.stopping import Stopping
+from bot.reply_parts import ReplyParts
+from bot.router import Inbox
 
 # What makes a prompt go out again: with another token, or after a pause. (A confirmed limit
 # notice does too.)
@@ -34,26 +31,9 @@ RETRYABLE = (InvalidToken, CozeBusy)
 
 
 class Answering:
-    def __init__(
-        self,
-        *,
-        completion: CompletionSettings,
-        gateway: GatewayState,
-        router: ReplyRouter,
-        posting: Posting,
-        ledger: Ledger,
-        clock: Clock,
-        stopping: Stopping,
-        probing: Probing,
-    ) -> None:
+    def __init__(self, parts: ReplyParts, probing: Probing) -> None:
+        self._parts = parts
         self._probing = probing
-        self._completion = completion
-        self._gateway = gateway
-        self._router = router
-        self._posting = posting
-        self._ledger = ledger
-        self._clock = clock
-        self._stopping = stopping
 
     async def answer(
         self,
@@ -73,7 +53,7 @@ class Answering:
         files = [image for turn in turns for image in turn.images]
         transcript = Transcript()
         images: list[str] = []
-        budget = self._completion.auto_continue
+        budget = self._parts.completion.auto_continue
         while True:
             finished: Finished | None = None
             exchange = self._exchange(
@@ -121,25 +101,25 @@ class Answering:
         max_waiting: int | None,
     ) -> AsyncGenerator[ReplyEvent, None]:
         """Post one prompt and follow its reply, moving to the next token when one is spent."""
-        attempts = Attempts(self._ledger, model, self._completion.busy_backoff_seconds)
-        admission = self._posting.admission
+        attempts = Attempts(self._parts.ledger, model, self._parts.completion.busy_backoff_seconds)
+        admission = self._parts.posting.admission
         while True:
-            token = attempts.next(self._clock(), posted=inbox.posted)
+            token = attempts.next(self._parts.clock(), posted=inbox.posted)
             try:
                 async with aclosing(admission.wait(heartbeat, max_waiting=max_waiting)) as waiting:
                     async for queued in waiting:
                         yield queued
                 max_waiting = None
                 try:
-                    async with self._stopping.cut_short(posted=True):
-                        await self._posting.post(inbox, model, chunks, files, token)
+                    async with self._parts.stopping.cut_short(posted=True):
+                        await self._parts.posting.post(inbox, model, chunks, files, token)
                 finally:
                     admission.release()
-                self._ledger.count_post(token, self._clock())
+                self._parts.ledger.count_post(token, self._parts.clock())
                 reply = follow_reply(
                     inbox,
-                    self._gateway,
-                    self._completion,
+                    self._parts.gateway,
+                    self._parts.completion,
                     heartbeat=heartbeat,
                     transcript=transcript,
                     hide_ellipsis=hide_ellipsis,
@@ -160,13 +140,13 @@ class Answering:
                 if not verdict.confirmed:
                     yield notice.reply  # what the caller had Coze say
                     return
-                pause = attempts.failed(token, notice.error(), self._clock())
+                pause = attempts.failed(token, notice.error(), self._parts.clock())
             except RETRYABLE as exc:
-                pause = attempts.failed(token, exc, self._clock())
+                pause = attempts.failed(token, exc, self._parts.clock())
             # Replies to the posts before this one no longer count, whatever went wrong.
-            self._router.retire_prompts(inbox)
+            self._parts.router.retire_prompts(inbox)
             if pause:
-                await self._stopping.pause(pause)
+                await self._parts.stopping.pause(pause)
 
 
 def prompt_messages(turns: Sequence[ChatTurn], model: ModelSettings, limit: int) -> list[str]:

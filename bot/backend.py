@@ -29,6 +29,7 @@ from bot.ledger import Ledger
 from bot.payloads import coze_message
 from bot.posting import Posting, ThreadGone
 from bot.probe import Probing
+from bot.reply_parts import ReplyParts
 from bot.rest import Credential, RestError
 from bot.router import Inbox, ReplyRouter
 from bot.seams import Clock, History
@@ -73,24 +74,8 @@ class DiscordBackend:
         self._stopping = Stopping()
         # A reply that waited out an outage restarts its quiet period when the gateway returns.
         gateway.on_return(router.wake_all)
-        self._answering = Answering(
-            completion=completion,
-            gateway=gateway,
-            router=router,
-            posting=posting,
-            ledger=ledger,
-            clock=clock,
-            stopping=self._stopping,
-            probing=Probing(
-                posting=posting,
-                router=router,
-                gateway=gateway,
-                completion=completion,
-                ledger=ledger,
-                clock=clock,
-                stopping=self._stopping,
-            ),
-        )
+        parts = ReplyParts(completion, gateway, router, posting, ledger, clock, self._stopping)
+        self._answering = Answering(parts, Probing(parts))
 
     @property
     def state(self) -> BridgeState:
@@ -113,7 +98,9 @@ class DiscordBackend:
 
     def status(self) -> BackendStatus:
         tokens, models = self._ledger.pool.report(self._models, self._clock())
-        return BackendStatus(self.state, self.open_replies, tokens, models)
+        return BackendStatus(
+            self.state, self.open_replies, tokens, models, intent_missing=self._gateway.intent_missing
+        )
 
     def begin_shutdown(self) -> None:
         self._stopping.begin()

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
-from bot.interface import BridgeState
+from bot.interface import BridgeState, IntentEvidence, IntentMissing
 
 log = logging.getLogger(__name__)
 
 
 class GatewayState:
-    __slots__ = ("_epoch", "_on_return", "_ready", "_state")
+    __slots__ = ("_clock", "_epoch", "_intent_missing", "_on_return", "_ready", "_state")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._state = BridgeState.STARTING
+        self._clock = clock
+        # A fact apart from the state: a READY gateway can still deliver Coze's replies empty.
+        self._intent_missing: IntentMissing | None = None
         # Counts the returns to READY, so a waiting reply can tell the gateway was away.
         self._epoch = 0
         self._ready = asyncio.Event()
@@ -32,6 +37,31 @@ class GatewayState:
     @property
     def epoch(self) -> int:
         return self._epoch
+
+    @property
+    def intent_missing(self) -> IntentMissing | None:
+        """Set while the listener bot's Message Content intent is known to be off."""
+        return self._intent_missing
+
+    def intent_seen_missing(self, seen_as: IntentEvidence) -> bool:
+        """Record that message content cannot be read; True when that is news (log it then).
+
+        The first sighting's time stays: the intent has been missing since then, whatever
+        the later evidence.
+        """
+        known = self._intent_missing
+        if known is None:
+            self._intent_missing = IntentMissing(datetime.fromtimestamp(self._clock(), UTC), seen_as)
+            return True
+        if known.seen_as != seen_as:
+            log.info("message content intent still missing, now seen as %s", seen_as)
+            self._intent_missing = IntentMissing(known.since, seen_as)
+        return False
+
+    def intent_seen_working(self) -> IntentMissing | None:
+        """Clear the fact (the intent proved to work); returns what was cleared, if anything."""
+        known, self._intent_missing = self._intent_missing, None
+        return known
 
     async def wait_ready(self) -> None:
         await self._ready.wait()

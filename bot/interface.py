@@ -192,12 +192,31 @@ class ModelStatus:
     resting_until: datetime | None
 
 
+# Where the operator turns the listener bot's Message Content intent on (the logs and /readyz say it).
+MESSAGE_CONTENT_SWITCH = (
+    "Developer Portal → your application → Bot → Privileged Gateway Intents → Message Content Intent"
+)
+
+# How the bridge found out: Coze's messages arrive empty, or Discord closed the gateway (4014).
+IntentEvidence = Literal["blank_messages", "gateway_refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class IntentMissing:
+    """The listener bot cannot read message content: since when, and how that was seen."""
+
+    since: datetime
+    seen_as: IntentEvidence
+
+
 @dataclass(frozen=True, slots=True)
 class BackendStatus:
     state: BridgeState
     open_replies: int
     tokens: tuple[TokenReport, ...]
     models: tuple[ModelStatus, ...]
+    # None while the Message Content intent works (or nothing says otherwise yet).
+    intent_missing: IntentMissing | None = None
 
 
 class Backend(Protocol):

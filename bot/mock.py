@@ -14,6 +14,7 @@ from bot.config import ModelSettings
 from bot.interface import (
     BackendStatus,
     BridgeState,
+    IntentMissing,
     Limits,
     NotReady,
     PromptRequest,
@@ -42,10 +43,12 @@ class MockBackend:
         )
         self.requests: list[PromptRequest] = []
         self.open_replies = 0
+        # What `status()` reports of the listener's Message Content intent (tests set it).
+        self.intent_missing: IntentMissing | None = None
         self._stopping = asyncio.Event()
 
     def status(self) -> BackendStatus:
-        return BackendStatus(self.state, self.open_replies, (), ())
+        return BackendStatus(self.state, self.open_replies, (), (), intent_missing=self.intent_missing)
 
     def check_capacity(self, limits: Limits) -> None:
         return None

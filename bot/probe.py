@@ -14,17 +14,14 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from bot.config import CompletionSettings, ModelSettings
+from bot.config import ModelSettings
 from bot.continuation import Transcript
 from bot.coze_texts import Trouble
 from bot.follow import LimitNotice, follow_reply
-from bot.gateway_state import GatewayState
 from bot.interface import BridgeError, Finished, Idle, ServerShutdown
-from bot.ledger import InvalidToken, Ledger
-from bot.posting import Posting, ThreadGone
-from bot.router import ReplyRouter
-from bot.seams import Clock
-from bot.stopping import Stopping
+from bot.ledger import InvalidToken
+from bot.posting import ThreadGone
+from bot.reply_parts import ReplyParts
 from bot.token_pool import PoolToken
 
 log = logging.getLogger(__name__)
@@ -42,24 +39,8 @@ class Verdict:
 
 
 class Probing:
-    def __init__(
-        self,
-        *,
-        posting: Posting,
-        router: ReplyRouter,
-        gateway: GatewayState,
-        completion: CompletionSettings,
-        ledger: Ledger,
-        clock: Clock,
-        stopping: Stopping,
-    ) -> None:
-        self._posting = posting
-        self._router = router
-        self._gateway = gateway
-        self._completion = completion
-        self._ledger = ledger
-        self._clock = clock
-        self._stopping = stopping
+    def __init__(self, parts: ReplyParts) -> None:
+        self._parts = parts
         self._threads: dict[int, int] = {}  # model channel -> the bridge's probe thread
         # The router matches replies by thread as a fallback: one probe per thread at a time.
         self._locks: dict[int, asyncio.Lock] = {}
@@ -72,7 +53,7 @@ class Probing:
         key = (token.fingerprint, model.coze_bot_id)
         async with self._locks.setdefault(model.channel_id, asyncio.Lock()):
             known = self._verdicts.get(key)
-            if known is not None and self._clock() - known[1] < VERDICT_SECONDS:
+            if known is not None and self._parts.clock() - known[1] < VERDICT_SECONDS:
                 yield Verdict(known[0])
                 return
             # No verdict (Discord refused the probe, Coze never answered it) leaves the notice
@@ -90,7 +71,7 @@ class Probing:
                 raise
             except (BridgeError, InvalidToken, ThreadGone) as exc:
                 log.warning("%s: the limit check got no answer (%s); the notice stands", token.masked, exc)
-            self._verdicts[key] = (confirmed, self._clock())
+            self._verdicts[key] = (confirmed, self._parts.clock())
         if not confirmed:
             log.warning(
                 "%s: Coze's limit notice for '%s' was not confirmed by a probe; it is passed on as an answer",
@@ -104,11 +85,11 @@ class Probing:
     ) -> AsyncGenerator[Idle | Finished | LimitNotice, None]:
         for attempt in (1, 2):
             thread_id = await self._thread(model)
-            inbox = self._router.open(thread_id)
+            inbox = self._parts.router.open(thread_id)
             try:
                 try:
-                    async with self._posting.admission, self._stopping.cut_short(posted=True):
-                        await self._posting.post(
+                    async with self._parts.posting.admission, self._parts.stopping.cut_short(posted=True):
+                        await self._parts.posting.post(
                             inbox, model, [f"<@{model.coze_bot_id}> {PROBE_TEXT}"], (), token
                         )
                 except ThreadGone:
@@ -116,11 +97,11 @@ class Probing:
                     if attempt == 2:
                         raise
                     continue
-                self._ledger.count_post(token, self._clock())
+                self._parts.ledger.count_post(token, self._parts.clock())
                 reply = follow_reply(
                     inbox,
-                    self._gateway,
-                    self._completion,
+                    self._parts.gateway,
+                    self._parts.completion,
                     heartbeat=heartbeat,
                     transcript=Transcript(),
                     hide_ellipsis=False,
@@ -134,11 +115,11 @@ class Probing:
                     yield notice
                 return
             finally:
-                self._router.close(inbox)
+                self._parts.router.close(inbox)
 
     async def _thread(self, model: ModelSettings) -> int:
         if (thread_id := self._threads.get(model.channel_id)) is None:
-            async with self._posting.admission, self._stopping.cut_short(posted=False):
-                thread_id = await self._posting.open_thread(model, THREAD_NAME)
+            async with self._parts.posting.admission, self._parts.stopping.cut_short(posted=False):
+                thread_id = await self._parts.posting.open_thread(model, THREAD_NAME)
             self._threads[model.channel_id] = thread_id
         return thread_id

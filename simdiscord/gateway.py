@@ -15,16 +15,18 @@ from typing import Any, Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from simdiscord import payloads
-from simdiscord.world import World
+from simdiscord.world import GATEWAY_MESSAGE_CONTENT, GATEWAY_MESSAGE_CONTENT_LIMITED, World
 
 log = logging.getLogger(__name__)
 
 MESSAGE_CONTENT_INTENT = 1 << 15
 HEARTBEAT_MS = 41_250
 REPLAY_LIMIT = 10_000
-# discord.py resumes after these close codes; 4004 (authentication failed) is final.
+# discord.py resumes after these close codes; 4004 (authentication failed) and 4014 (a
+# privileged intent the application may not have) are final.
 RESUMABLE_CLOSE = 4000
 AUTH_FAILED_CLOSE = 4004
+DISALLOWED_INTENTS_CLOSE = 4014
 
 
 class Compressor(Protocol):
@@ -81,6 +83,8 @@ class Gateway:
         self.identified = asyncio.Event()
         self.resumes = 0
         self.identifies = 0
+        # IDENTIFYs closed with 4014 for asking for an intent the application lacks.
+        self.refused = 0
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
@@ -116,7 +120,14 @@ class Gateway:
         if account is None:
             await conn.ws.close(code=AUTH_FAILED_CLOSE, message=b"Authentication failed.")
             return None
-        session = Session(account.id, int(data.get("intents", 0)))
+        intents = int(data.get("intents", 0))
+        if intents & MESSAGE_CONTENT_INTENT and not self._content_allowed():
+            # As Discord does when the Developer Portal's Message Content switch is off.
+            self.refused += 1
+            self.world.changed()
+            await conn.ws.close(code=DISALLOWED_INTENTS_CLOSE, message=b"Disallowed intent(s).")
+            return None
+        session = Session(account.id, intents)
         self.sessions[session.id] = session
         session.socket = conn
         self.identifies += 1
@@ -126,7 +137,7 @@ class Gateway:
             "guilds": [{"id": str(self.world.guild_id), "unavailable": True}],
             "session_id": session.id,
             "resume_gateway_url": self._url(),
-            "application": {"id": str(account.id), "flags": 1 << 19},
+            "application": {"id": str(account.id), "flags": self.world.application_flags},
             "private_channels": [],
             "relationships": [],
             "presences": [],
@@ -136,6 +147,11 @@ class Gateway:
         await self._send(session, "GUILD_CREATE", payloads.guild(self.world))
         self.identified.set()
         return session
+
+    def _content_allowed(self) -> bool:
+        return bool(
+            self.world.application_flags & (GATEWAY_MESSAGE_CONTENT | GATEWAY_MESSAGE_CONTENT_LIMITED)
+        )
 
     async def _resume(self, conn: Connection, data: dict[str, Any]) -> Session | None:
         session = self.sessions.get(data.get("session_id", ""))

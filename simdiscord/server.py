@@ -151,11 +151,26 @@ class SimulatedDiscord:
 
     @message_content_intent.setter
     def message_content_intent(self, on: bool) -> None:
-        """The Developer Portal's Message Content switch (only the application flags show it)."""
+        """The Developer Portal's Message Content switch: the application flags show it, and
+        while it is off the gateway refuses (4014) a session that asks for the intent."""
         if on:
             self.world.application_flags |= GATEWAY_MESSAGE_CONTENT
         else:
             self.world.application_flags &= ~GATEWAY_MESSAGE_CONTENT
+
+    @property
+    def withhold_content(self) -> bool:
+        return self.world.withhold_content
+
+    @withhold_content.setter
+    def withhold_content(self, on: bool) -> None:
+        """Deliver Coze's messages blank even to sessions with the intent (see `World`)."""
+        self.world.withhold_content = on
+
+    @property
+    def gateway_refusals(self) -> int:
+        """How many IDENTIFYs were closed with 4014 (Message Content asked for while switched off)."""
+        return self.gateway.refused
 
     def leave_guild(self, account_id: int) -> None:
         """The account is no longer a member of the guild (kicked, or never invited)."""
@@ -269,8 +284,12 @@ class SimulatedDiscord:
                 self.on_send(message.content)
             if self.on_marker is not None and message.components:
                 self.on_marker(message.content)
+        withheld = self.world.withhold_content and message.author in self.world.coze_bots
         await self.gateway.dispatch(
-            kind, lambda with_content: payloads.message(self.world, message, with_content=with_content)
+            kind,
+            lambda with_content: payloads.message(
+                self.world, message, with_content=with_content and not withheld
+            ),
         )
         if message.reference_id is not None and message.author in self.world.coze_bots:
             self.world.answered.add(message.reference_id)

@@ -34,8 +34,10 @@ class Account:
 
 # Every permission but ADMINISTRATOR (1 << 3), which would make channel overwrites moot.
 EVERYONE_PERMISSIONS = ((1 << 50) - 1) & ~(1 << 3)
-# The application flag Discord sets once the Message Content intent is switched on.
+# The application flag Discord sets once the Message Content intent is switched on, and the
+# one a verified application has instead (either lets a session ask for the intent).
 GATEWAY_MESSAGE_CONTENT = 1 << 18
+GATEWAY_MESSAGE_CONTENT_LIMITED = 1 << 19
 
 
 @dataclass
@@ -124,6 +126,9 @@ class World:
         self.roles: dict[int, Role] = {self.guild_id: Role(self.guild_id, "@everyone", EVERYONE_PERMISSIONS)}
         # The listener's application flags, as its Developer Portal switches set them.
         self.application_flags = GATEWAY_MESSAGE_CONTENT
+        # Coze's messages go out without content even to sessions that asked for it: models an
+        # intent revoked while connected, or a proxy or relay that strips it.
+        self.withhold_content = False
         self.listener = self.add_account("bridge-listener", bot=True)
         self.coze = self.add_account("Coze Bot", bot=True)
         self.coze_bots = [self.coze]

@@ -66,17 +66,19 @@ async def start_bridge(sim: SimulatedDiscord, tmp_path: Path) -> AsyncIterator[B
     """Start the real bridge (discord.py + aiohttp) against the simulation; stop it at teardown.
 
     Bridges started in one test share their storage folder, as a restarted bridge would.
-    `settings=` replaces the sections built from the simulation.
+    `settings=` replaces the sections built from the simulation; `wait_ready=False` returns
+    without waiting for the gateway (which may never become ready).
     """
     stacks: list[contextlib.AsyncExitStack] = []
 
-    async def start(settings: Settings | None = None, **sections: Any) -> Bridge:
+    async def start(settings: Settings | None = None, *, wait_ready: bool = True, **sections: Any) -> Bridge:
         settings = settings or sim_settings(sim, tmp_path, **sections)
         stack = contextlib.AsyncExitStack()
         stacks.append(stack)
         backend = await stack.enter_async_context(open_discord_backend(settings))
-        async with asyncio.timeout(10):
-            await backend.wait_ready()
+        if wait_ready:
+            async with asyncio.timeout(10):
+                await backend.wait_ready()
         _, port = await stack.enter_async_context(serving(make_app(settings, 0, backend=backend)))
         http = await stack.enter_async_context(aiohttp.ClientSession())
         return Bridge(f"http://127.0.0.1:{port}", backend, http, stack)

@@ -153,14 +153,15 @@ def test_a_broken_bot_config_is_a_clear_config_error(tmp_path: Path, content: st
         load_settings(environ={}, bot_config=bot_config, discord={"bot_token": "t", "guild_id": 1})
 
 
-def test_models_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_models_from_the_environment_as_json(tmp_path: Path) -> None:
     models = [
         {"name": "a", "coze_bot_id": 1, "channel_id": 2},
         {"name": "b", "coze_bot_id": 3, "channel_id": 4},
     ]
-    monkeypatch.setenv("BRIDGE_MODELS", json.dumps(models))
     settings = load_settings(
-        environ={}, bot_config=tmp_path / "absent.json", discord={"bot_token": "t", "guild_id": 1}
+        environ={"BRIDGE_MODELS": json.dumps(models)},
+        bot_config=tmp_path / "absent.json",
+        discord={"bot_token": "t", "guild_id": 1},
     )
     assert [(m.name, m.coze_bot_id) for m in settings.model_routes] == [("a", 1), ("b", 3)]
 

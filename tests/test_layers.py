@@ -16,6 +16,8 @@ CORE = [
     "follow",
     "ledger",
     "posting",
+    "probe",
+    "reply_parts",
     "router",
     "detector",
     "token_pool",
