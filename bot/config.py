@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Protocol
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, SecretStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    SecretStr,
+)
 
 from bot.reset import ResetTime
 
@@ -31,6 +40,37 @@ def _non_blank(secret: SecretStr) -> SecretStr:
 ApiKey = Annotated[SecretStr, AfterValidator(_non_blank)]
 
 DISCORD_API_BASE = "https://discord.com/api/v10"
+# What a user token's requests say they come from unless its own `user_agent` says otherwise: a
+# current desktop browser on Discord's web app (aiohttp's own agent marks a script).
+DESKTOP_USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/142.0.0.0 Safari/537.36"
+)
+
+
+class UserTokenSettings(BaseModel):
+    """One Discord user account that posts prompts; what is unset follows `accounts.*`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: SecretStr
+    # Shown in logs, /v1/status and metrics instead of "user token #N".
+    label: str | None = Field(default=None, min_length=1, max_length=64)
+    user_agent: str | None = Field(default=None, min_length=1)
+    # This account's own outbound proxy for its REST calls (the same schemes as discord.proxy).
+    proxy: SecretStr | None = None
+    max_in_flight: int | None = Field(default=None, ge=1)
+    daily_cap: int | None = Field(default=None, ge=1)
+    min_gap_seconds: float | None = Field(default=None, ge=0)
+    enabled: bool = True
+
+
+def _token_entry(value: object) -> object:
+    # Strings, as every release before tables took them (and coze-discord-proxy's variable).
+    return {"token": value} if isinstance(value, str | SecretStr) else value
+
+
+UserToken = Annotated[UserTokenSettings, BeforeValidator(_token_entry)]
 # With no [[models]] configured, the one Coze bot in [discord] is served under this name.
 DEFAULT_MODEL = "coze"
 
@@ -43,7 +83,9 @@ class DiscordSettings(BaseModel):
     # Optional once [[models]] names the Coze bots and their channels.
     coze_bot_id: int | None = None
     channel_id: int | None = None
-    user_tokens: list[SecretStr] = Field(default_factory=list)
+    # Strings, or tables {token, label, user_agent, proxy, max_in_flight, daily_cap,
+    # min_gap_seconds, enabled}.
+    user_tokens: list[UserToken] = Field(default_factory=list)
     api_base: str = DISCORD_API_BASE
     # Prompts being posted (thread, then message) at once; more wait their turn. A burst of new
     # requests otherwise queues ahead of every open stream's next delta in the event loop.
@@ -92,6 +134,20 @@ class AccountSettings(BaseModel):
 
     # When Coze's daily quotas start again: "HH:MM" and a zone ("UTC", "Asia/Shanghai", "+08:00").
     reset_at: ResetTimeField = Field(default_factory=lambda: ResetTime.parse("00:00 UTC"))
+    # Defaults for every user token (each may set its own in discord.user_tokens):
+    # prompts one token may have awaiting Coze at once;
+    max_in_flight: int = Field(default=2, ge=1)
+    # the least time between two prompt posts of one token, plus a random [0, jitter] on top;
+    min_gap_seconds: float = Field(default=1.5, ge=0)
+    jitter_seconds: float = Field(default=1.0, ge=0)
+    # posts a day, after which the token rests until reset_at (None: no cap);
+    daily_cap: int | None = Field(default=None, ge=1)
+    # the browser its requests say they come from.
+    user_agent: str = Field(default=DESKTOP_USER_AGENT, min_length=1)
+    # Requests that may wait for a token that is free to post; more are 503 `overloaded`.
+    max_queue: int = Field(default=100, ge=0)
+    # How often each token's /users/@me is checked (nothing is posted), with some jitter.
+    check_hours: float = Field(default=6.0, gt=0)
 
 
 class StorageSettings(BaseModel):

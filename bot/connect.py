@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 def _user_tokens(config: BackendConfig, bot: Credential) -> tuple[list[PoolToken], dict[str, Credential]]:
     credentials: dict[str, Credential] = {}
     tokens: list[PoolToken] = []
-    for index, secret in enumerate(config.discord.user_tokens, start=1):
-        token = secret.get_secret_value()
+    for index, entry in enumerate(config.discord.user_tokens, start=1):
+        token = entry.token.get_secret_value()
         key = fingerprint(token)
         if key in credentials:
             continue  # the same token listed twice is one token

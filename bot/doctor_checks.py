@@ -186,9 +186,9 @@ class SetupChecks:
             self.found.add(
                 "warn", "user tokens", "none set: prompts go out as the listener bot, which Coze ignores"
             )
-        for number, secret in enumerate(self.config.discord.user_tokens, start=1):
-            token = secret.get_secret_value()
-            label = f"user token #{number} ({fingerprint(token)})"
+        for number, entry in enumerate(self.config.discord.user_tokens, start=1):
+            token = entry.token.get_secret_value()
+            label = f"{entry.label or f'user token #{number}'} ({fingerprint(token)})"
             await self.user_token(Credential(token, is_bot=False, label=label))
 
     async def user_token(self, credential: Credential) -> None:

@@ -82,7 +82,10 @@ class Idle:
 
 @dataclass(frozen=True, slots=True)
 class Queued:
-    """The request still waits for a posting slot (every heartbeat until it has one)."""
+    """The request still waits (every heartbeat until it goes on): for a free user token, with
+    `ahead` requests before it in the pool's queue, or (`ahead` None) for a posting slot."""
+
+    ahead: int | None = None
 
 
 FinishReason = Literal["stop", "length", "content_filter"]
@@ -164,32 +167,64 @@ class ConversationBusy(BridgeError):
 
 
 class Overloaded(BridgeError):
-    """Too many requests already wait for a posting slot; nothing was posted."""
+    """Too many requests already wait for a posting slot or a free token; nothing was posted."""
 
     code = "overloaded"
+
+
+class UnknownToken(BridgeError):
+    """No user token in the pool has that id (admin endpoints)."""
+
+    code = "token_not_found"
 
 
 class TokenState(enum.Enum):
     HEALTHY = "healthy"
     RESTING = "resting"  # every Coze bot it serves gave it the daily-limit notice
-    INVALID = "invalid"  # Discord refused it
+    CAPPED = "capped"  # it made its daily_cap posts; back at accounts.reset_at
+    INVALID = "invalid"  # Discord refused it (401, or 403 "verify your account")
+    DISABLED = "disabled"  # turned off: `enabled = false`, or PATCH /admin/tokens/{id}
+    RETIRING = "retiring"  # gone from the settings; finishing its prompts in flight, taking no new
 
 
 @dataclass(frozen=True, slots=True)
 class TokenReport:
-    """A user token as /v1/status shows it (the pool's view, masked)."""
+    """A user token as /v1/status and /admin/tokens show it (the pool's view, masked)."""
 
-    id: str  # masked: a label and a fingerprint, never the token
+    id: str  # the admin endpoints' id: the token's fingerprint (16 hex digits), never the token
+    label: str  # its `label`, or "user token #N"
     state: TokenState
-    resting_until: datetime | None
+    since: datetime | None  # when it entered `state` (None: healthy since start)
+    reason: str | None  # why it is not healthy (a disable reason is persisted)
+    resting_until: datetime | None  # resting or capped: when it can post again
     resting_models: dict[str, datetime]
-    requests_today: int
+    in_flight: int  # prompts awaiting Coze now
+    max_in_flight: int
+    posts_today: int
+    daily_cap: int | None
+
+    @property
+    def masked(self) -> str:
+        return f"{self.label} ({self.id[:8]})"
 
 
 @dataclass(frozen=True, slots=True)
 class ModelStatus:
     name: str
     resting_until: datetime | None
+    # Tokens that can post for this model now or after a wait in the queue (healthy, not resting
+    # for its Coze bot, not capped): 0 means the pool is empty for it.
+    tokens_available: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """The pool's FIFO of requests waiting for a free token."""
+
+    length: int = 0
+    limit: int = 0
+    # Since when a request was refused for a full queue (None: not full since the queue last drained).
+    full_since: datetime | None = None
 
 
 # Where the operator turns the listener bot's Message Content intent on (the logs and /readyz say it).
@@ -217,6 +252,9 @@ class BackendStatus:
     models: tuple[ModelStatus, ...]
     # None while the Message Content intent works (or nothing says otherwise yet).
     intent_missing: IntentMissing | None = None
+    queue: QueueStatus = QueueStatus()
+    # When `state` last changed (None: not known, e.g. the mock).
+    state_since: datetime | None = None
 
 
 class Backend(Protocol):
@@ -239,6 +277,28 @@ class Backend(Protocol):
 
     def begin_shutdown(self) -> None:
         """Refuse new requests and end open replies with `ServerShutdown`."""
+        ...
+
+    def reconfigure(self, config: BackendConfig) -> None:
+        """Take new tokens, per-token settings, account defaults and models at once (a reload).
+
+        Open replies carry on with what they started with; a token no longer listed finishes its
+        prompts in flight (state `retiring`) and takes no new ones. Settings that need a restart
+        (the listener bot, guild, storage, proxy) are ignored here: the caller names them.
+        """
+        ...
+
+    def set_token_enabled(self, token_id: str, enabled: bool) -> TokenReport:
+        """Turn a token off (or back on) for good: persisted, surviving reloads and restarts.
+
+        Raises `UnknownToken`."""
+        ...
+
+    async def check_token(self, token_id: str) -> TokenReport:
+        """Ask Discord about the token now (`/users/@me`, nothing posted) and report the outcome:
+        401/403 marks it invalid with the reason, a pass makes an invalid token healthy again.
+
+        Raises `UnknownToken`."""
         ...
 
     def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:

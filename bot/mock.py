@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import replace
 
-from bot.config import ModelSettings
+from bot.config import BackendConfig, ModelSettings
 from bot.interface import (
     BackendStatus,
     BridgeState,
@@ -18,8 +19,12 @@ from bot.interface import (
     Limits,
     NotReady,
     PromptRequest,
+    QueueStatus,
     ReplyEvent,
     ServerShutdown,
+    TokenReport,
+    TokenState,
+    UnknownToken,
 )
 
 Handler = Callable[[PromptRequest], AsyncIterator[ReplyEvent]]
@@ -43,12 +48,43 @@ class MockBackend:
         )
         self.requests: list[PromptRequest] = []
         self.open_replies = 0
-        # What `status()` reports of the listener's Message Content intent (tests set it).
+        # What `status()` reports (tests set them): the intent, the tokens, the queue.
         self.intent_missing: IntentMissing | None = None
+        self.tokens: list[TokenReport] = []
+        self.queue = QueueStatus()
+        self.configs: list[BackendConfig] = []  # every `reconfigure`, in order
         self._stopping = asyncio.Event()
 
     def status(self) -> BackendStatus:
-        return BackendStatus(self.state, self.open_replies, (), (), intent_missing=self.intent_missing)
+        return BackendStatus(
+            self.state,
+            self.open_replies,
+            tuple(self.tokens),
+            (),
+            intent_missing=self.intent_missing,
+            queue=self.queue,
+        )
+
+    def reconfigure(self, config: BackendConfig) -> None:
+        self.configs.append(config)
+        self.models = tuple(config.model_routes)
+
+    def _token(self, token_id: str) -> int:
+        for index, token in enumerate(self.tokens):
+            if token.id == token_id:
+                return index
+        raise UnknownToken(f"no user token has the id {token_id!r}")
+
+    def set_token_enabled(self, token_id: str, enabled: bool) -> TokenReport:
+        index = self._token(token_id)
+        state, reason = (
+            (TokenState.HEALTHY, None) if enabled else (TokenState.DISABLED, "disabled by an admin")
+        )
+        self.tokens[index] = replace(self.tokens[index], state=state, reason=reason)
+        return self.tokens[index]
+
+    async def check_token(self, token_id: str) -> TokenReport:
+        return self.tokens[self._token(token_id)]
 
     def check_capacity(self, limits: Limits) -> None:
         return None

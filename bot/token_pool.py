@@ -145,11 +145,17 @@ class TokenPool:
             state = self.state(token, bots, now)
             tokens.append(
                 TokenReport(
-                    id=token.masked,
+                    id=token.fingerprint,
+                    label=token.label,
                     state=state,
+                    since=None,
+                    reason=None,
                     resting_until=min(resting.values()) if state is TokenState.RESTING else None,
                     resting_models=resting,
-                    requests_today=self.requests_today(token, now),
+                    in_flight=0,
+                    max_in_flight=1,
+                    posts_today=self.requests_today(token, now),
+                    daily_cap=None,
                 )
             )
         rests = tuple(

@@ -80,8 +80,14 @@ def show_config(
         for name in merged
         if name.upper().startswith("BRIDGE_")
     }
+    dumped = settings.model_dump()
+    # A token given as a plain string shows as one masked value; a table, by the keys it sets.
+    dumped["discord"]["user_tokens"] = [
+        SecretStr("") if entry.model_fields_set == {"token"} else entry.model_dump(exclude_unset=True)
+        for entry in settings.discord.user_tokens
+    ]
     out = []
-    for parts, value in _flatten(settings.model_dump()):
+    for parts, value in _flatten(dumped):
         out.append(
             f"{_key(parts)} = {_show(value)}  ({_source(parts, file_data, compat, env_names, path, bot_config)})"
         )
@@ -108,6 +114,8 @@ def _show(value: Any) -> str:
         return MASK
     if isinstance(value, list):
         return "[" + ", ".join(_show(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {_show(item)}" for key, item in value.items()) + "}"
     return repr(value) if isinstance(value, str) else str(value)
 
 

@@ -70,10 +70,16 @@ async def status(request: web.Request) -> web.Response:
         "tokens": [
             {
                 "id": token.id,
+                "label": token.label,
                 "state": token.state.value,
+                "since": _iso(token.since),
+                "reason": token.reason,
                 "resting_until": _iso(token.resting_until),
                 "resting_models": {name: _iso(until) for name, until in token.resting_models.items()},
-                "requests_today": token.requests_today,
+                "in_flight": token.in_flight,
+                "max_in_flight": token.max_in_flight,
+                "posts_today": token.posts_today,
+                "daily_cap": token.daily_cap,
             }
             for token in backend_status.tokens
         ],

@@ -52,6 +52,8 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     keys: list[ApiKey] = Field(default_factory=list)
+    # Keys for /admin/* (and nothing else); without them the admin endpoints are off.
+    admin_keys: list[ApiKey] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     # A client that has not sent a request's headers this long after connecting (or after its
     # previous response) is cut off with 408; so is one whose body takes longer than its own.
@@ -106,6 +108,20 @@ class LogSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class AlertSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # A Discord webhook gets {"content": ...}; any other URL a JSON {kind, severity, message, at,
+    # details}. None: no alerts. The URL is a secret (a Discord webhook's holds its token).
+    webhook_url: SecretStr | None = None
+    # The gateway counts as down (an alert) once it has been away this long.
+    gateway_down_seconds: float = Field(default=60.0, gt=0)
+    # At most one message per kind (and one `resolved` per kind) in this many minutes.
+    min_interval_minutes: float = Field(default=60.0, ge=0)
+    # One delivery's time limit; a failed delivery is logged, never retried.
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BRIDGE_", env_nested_delimiter="__", extra="forbid")
 
@@ -116,6 +132,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     models: list[ModelSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")

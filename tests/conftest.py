@@ -22,6 +22,9 @@ from simdiscord import SimulatedDiscord
 # Short enough that tests of the quiet-period end stay fast, long enough that the simulated
 # Coze bot's own pauses between edits (a few ms) never trip it.
 TEST_COMPLETION = {"quiet_seconds": 0.4, "first_reply_timeout": 3.0, "max_reply_seconds": 10.0}
+# No pacing: tests that are not about it post as fast as the simulated Discord lets them (the
+# pacing tests set accounts.* themselves).
+TEST_ACCOUNTS = {"min_gap_seconds": 0.0, "jitter_seconds": 0.0, "max_in_flight": 64}
 
 
 @pytest.fixture
@@ -36,9 +39,15 @@ async def sim() -> AsyncIterator[SimulatedDiscord]:
 def sim_settings(sim: SimulatedDiscord, folder: Path, **sections: Any) -> Settings:
     discord_section = sim.discord_settings() | sections.pop("discord", {})
     completion = TEST_COMPLETION | sections.pop("completion", {})
+    accounts = TEST_ACCOUNTS | sections.pop("accounts", {})
     storage_section = {"path": str(folder / "bridge.db")} | sections.pop("storage", {})
     return load_settings(
-        environ={}, discord=discord_section, completion=completion, storage=storage_section, **sections
+        environ={},
+        discord=discord_section,
+        completion=completion,
+        accounts=accounts,
+        storage=storage_section,
+        **sections,
     )
 
 

@@ -32,7 +32,7 @@ async def status(bridge: Bridge, **headers: str) -> dict[str, Any]:
 
 
 def tokens_by_state(body: dict[str, Any]) -> dict[str, str]:
-    return {token["id"].split(" (")[0]: token["state"] for token in body["tokens"]}
+    return {token["label"]: token["state"] for token in body["tokens"]}
 
 
 async def test_tokens_take_turns(sim: SimulatedDiscord, bridge: Bridge) -> None:
@@ -41,7 +41,7 @@ async def test_tokens_take_turns(sim: SimulatedDiscord, bridge: Bridge) -> None:
         assert code == 200
     assert len({p.author_id for p in sim.prompts_received}) == 3
     body = await status(bridge)
-    assert [t["requests_today"] for t in body["tokens"]] == [1, 1, 1]
+    assert [t["posts_today"] for t in body["tokens"]] == [1, 1, 1]
     assert body["state"] == "ready"
     assert body["open_streams"] == 0
 

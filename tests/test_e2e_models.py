@@ -170,7 +170,7 @@ def test_the_example_config_loads_and_names_every_setting(tmp_path: Path) -> Non
     example = Path(__file__).parent.parent / "config.example.toml"
     settings = load_settings(example, environ={}, bot_config=tmp_path / "absent.json")
     text = example.read_text()
-    for section in ("discord", "api", "completion", "accounts", "storage", "images"):
+    for section in ("discord", "api", "completion", "accounts", "storage", "images", "log", "alerts"):
         for key in type(getattr(settings, section)).model_fields:
             assert f"{key} = " in text, f"{section}.{key} is not in config.example.toml"
     for key in ("name", "coze_bot_id", "channel_id", "api_keys"):
