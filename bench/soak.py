@@ -120,6 +120,8 @@ def soak_settings(sim: SimulatedDiscord, storage: Path) -> Settings:
         discord=sim.discord_settings(),
         storage={"path": str(storage / "bridge.db")},
         completion={"quiet_seconds": 2.0, "first_reply_timeout": 3.0, "max_reply_seconds": 30.0},
+        # The soak is about faults under concurrency: every stream is posted at once, unpaced.
+        accounts={"min_gap_seconds": 0.0, "jitter_seconds": 0.0, "max_in_flight": 64},
     )
 
 

@@ -137,6 +137,12 @@ async def start_target(kind: str, sim: SimulatedDiscord, port: int) -> asyncio.s
                 # Every stream starts at the same instant: an operator expecting such bursts
                 # lets more than the default 256 wait for a posting slot.
                 "BRIDGE_API__MAX_WAITING": "4096",
+                # Pacing that never throttles: this measures the relay, not the accounts' manners
+                # (bench/pool.py measures those).
+                "BRIDGE_ACCOUNTS__MAX_IN_FLIGHT": "1000000",
+                "BRIDGE_ACCOUNTS__MIN_GAP_SECONDS": "0",
+                "BRIDGE_ACCOUNTS__JITTER_SECONDS": "0",
+                "BRIDGE_ACCOUNTS__MAX_QUEUE": "100000",
                 # A fresh database per run, as a first start on a VPS would have.
                 "BRIDGE_STORAGE__PATH": os.path.join(tempfile.mkdtemp(prefix="coze-bench-"), "bridge.db"),
             }

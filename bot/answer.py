@@ -43,12 +43,14 @@ class Answering:
         chunks: list[str],
         heartbeat: float,
         *,
+        attempts: Attempts,
         asked: str = "",
         max_waiting: int | None = None,
     ) -> AsyncGenerator[ReplyEvent, None]:
         """The whole answer to `chunks` (the turns' prompt messages): one reply, or several
-        stitched when Coze cut it off. `asked` is everything the caller wrote; `max_waiting`
-        refuses the first post when that many requests wait for a slot already."""
+        stitched when Coze cut it off, posted with the token `attempts` holds (and the next
+        ones). `asked` is everything the caller wrote; `max_waiting` refuses the first post when
+        that many requests wait for a slot already."""
         mention = f"<@{model.coze_bot_id}>"
         files = [image for turn in turns for image in turn.images]
         transcript = Transcript()
@@ -63,6 +65,7 @@ class Answering:
                 files,
                 heartbeat,
                 transcript,
+                attempts,
                 hide_ellipsis=transcript.parts < budget,
                 asked=asked,
                 max_waiting=max_waiting,
@@ -95,27 +98,35 @@ class Answering:
         files: Sequence[ImageFile],
         heartbeat: float,
         transcript: Transcript,
+        attempts: Attempts,
         *,
         hide_ellipsis: bool,
         asked: str,
         max_waiting: int | None,
     ) -> AsyncGenerator[ReplyEvent, None]:
         """Post one prompt and follow its reply, moving to the next token when one is spent."""
-        attempts = Attempts(self._parts.ledger, model, self._parts.completion.busy_backoff_seconds)
         admission = self._parts.posting.admission
+        ledger = self._parts.ledger
+        attempts.new_exchange()
         while True:
-            token = attempts.next(self._parts.clock(), posted=inbox.posted)
+            async with aclosing(attempts.token(heartbeat, posted=inbox.posted)) as taking:
+                async for queued in taking:
+                    yield queued
+            token = attempts.lease.token
+            assert token is not None
             try:
-                async with aclosing(admission.wait(heartbeat, max_waiting=max_waiting)) as waiting:
-                    async for queued in waiting:
-                        yield queued
-                max_waiting = None
-                try:
-                    async with self._parts.stopping.cut_short(posted=True):
-                        await self._parts.posting.post(inbox, model, chunks, files, token)
-                finally:
-                    admission.release()
-                self._parts.ledger.count_post(token, self._parts.clock())
+                # The token's gap first, then a posting slot: a slot is never held through a gap.
+                async with ledger.pacing(attempts.lease) as paced:
+                    async with aclosing(admission.wait(heartbeat, max_waiting=max_waiting)) as waiting:
+                        async for queued in waiting:
+                            yield queued
+                    max_waiting = None
+                    try:
+                        async with self._parts.stopping.cut_short(posted=True):
+                            await self._parts.posting.post(inbox, model, chunks, files, token)
+                    finally:
+                        admission.release()
+                    paced.sent = True
                 reply = follow_reply(
                     inbox,
                     self._parts.gateway,
@@ -131,7 +142,8 @@ class Answering:
                 return
             except LimitNotice as notice:
                 verdict = Verdict(confirmed=True)
-                async with aclosing(self._probing.confirm(model, token, notice.trouble, heartbeat)) as probe:
+                probe = self._probing.confirm(model, attempts.lease, notice.trouble, heartbeat)
+                async with aclosing(probe):
                     async for step in probe:
                         if isinstance(step, Verdict):
                             verdict = step
@@ -140,9 +152,9 @@ class Answering:
                 if not verdict.confirmed:
                     yield notice.reply  # what the caller had Coze say
                     return
-                pause = attempts.failed(token, notice.error(), self._parts.clock())
+                pause = attempts.failed(notice.error(), self._parts.clock())
             except RETRYABLE as exc:
-                pause = attempts.failed(token, exc, self._parts.clock())
+                pause = attempts.failed(exc, self._parts.clock())
             # Replies to the posts before this one no longer count, whatever went wrong.
             self._parts.router.retire_prompts(inbox)
             if pause:

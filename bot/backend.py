@@ -8,11 +8,11 @@ Discord only through the seams in `bot.seams`, so tests run it over fakes on a v
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 
 from bot.answer import Answering, prompt_messages
-from bot.config import CompletionSettings, ModelSettings
+from bot.config import AccountSettings, BackendConfig, CompletionSettings, ModelSettings
 from bot.conversations import Conversations, Plan
 from bot.gateway_state import GatewayState
 from bot.interface import (
@@ -22,10 +22,14 @@ from bot.interface import (
     Limits,
     NotReady,
     PromptRequest,
+    QueueStatus,
     ReplyEvent,
     SendFailed,
+    ServerShutdown,
+    TokenReport,
+    UnknownToken,
 )
-from bot.ledger import Ledger
+from bot.ledger import Attempts, Ledger
 from bot.payloads import coze_message
 from bot.posting import Posting, ThreadGone
 from bot.probe import Probing
@@ -33,10 +37,17 @@ from bot.reply_parts import ReplyParts
 from bot.rest import Credential, RestError
 from bot.router import Inbox, ReplyRouter
 from bot.seams import Clock, History
-from bot.stopping import Stopping
+from bot.stopping import MESSAGE, Stopping
 from bot.tasks import TaskSet
+from bot.token_checks import Accounts, TokenChecks
+from bot.token_pool import PoolToken, TokenSpec, utc
+from bot.token_queue import Lease
+from bot.token_report import pool_report, token_report
 
 log = logging.getLogger(__name__)
+
+# The user tokens a configuration lists, and their credentials (bot.token_roster).
+Roster = Callable[[BackendConfig], tuple[list[TokenSpec], dict[str, Credential]]]
 
 
 def asked(request: PromptRequest) -> str:
@@ -50,6 +61,7 @@ class DiscordBackend:
         *,
         models: Sequence[ModelSettings],
         completion: CompletionSettings,
+        accounts: AccountSettings,
         gateway: GatewayState,
         router: ReplyRouter,
         posting: Posting,
@@ -59,8 +71,19 @@ class DiscordBackend:
         conversations: Conversations,
         clock: Clock,
         tasks: TaskSet,
+        credentials: dict[str, Credential],
+        checker: Accounts,
+        roster: Roster,
+        on_models: Callable[[frozenset[int]], None] = lambda ids: None,
     ) -> None:
         self._models = list(models)
+        self._completion = completion
+        self._accounts = accounts
+        # Shared with `posting`: a reload changes what both see.
+        self._credentials = credentials
+        self._roster = roster
+        self._on_models = on_models
+        self._stopped_at: float | None = None
         self._gateway = gateway
         self._router = router
         self._posting = posting
@@ -76,6 +99,17 @@ class DiscordBackend:
         gateway.on_return(router.wake_all)
         parts = ReplyParts(completion, gateway, router, posting, ledger, clock, self._stopping)
         self._answering = Answering(parts, Probing(parts))
+        self._checks = TokenChecks(
+            ledger,
+            checker,
+            credentials,
+            interval=lambda: self._accounts.check_hours * 3600,
+            rng=ledger.pool.rng,
+        )
+
+    def start_checks(self) -> None:
+        """Check every token now (in the background) and every accounts.check_hours after."""
+        self._tasks.spawn(self._checks.run(), name="token-checks")
 
     @property
     def state(self) -> BridgeState:
@@ -87,6 +121,7 @@ class DiscordBackend:
 
     def check_capacity(self, limits: Limits) -> None:
         self._posting.admission.refuse_when_full(limits.max_waiting)
+        self._ledger.queue.refuse_when_full()
 
     @property
     def open_replies(self) -> int:
@@ -97,14 +132,68 @@ class DiscordBackend:
         await self._gateway.wait_ready()
 
     def status(self) -> BackendStatus:
-        tokens, models = self._ledger.pool.report(self._models, self._clock())
+        tokens, models = pool_report(self._ledger.pool, self._models, self._clock())
+        queue = self._ledger.queue
+        full = queue.full_since
         return BackendStatus(
-            self.state, self.open_replies, tokens, models, intent_missing=self._gateway.intent_missing
+            self.state,
+            self.open_replies,
+            tokens,
+            models,
+            intent_missing=self._gateway.intent_missing,
+            queue=QueueStatus(len(queue), queue.limit, utc(full) if full is not None else None),
+            state_since=utc(self._stopped_at) if self._stopped_at is not None else self._gateway.since,
         )
 
     def begin_shutdown(self) -> None:
+        self._stopped_at = self._clock()
         self._stopping.begin()
+        self._ledger.queue.close(ServerShutdown(MESSAGE))
         self._router.end_all()
+
+    def reconfigure(self, config: BackendConfig) -> None:
+        """Take the new token list, per-token settings, account defaults and models at once."""
+        specs, credentials = self._roster(config)  # raises before anything changed
+        now = self._clock()
+        pool = self._ledger.pool
+        pool.apply(specs, now)
+        pool.reset = config.accounts.reset_at
+        self._accounts = config.accounts
+        self._ledger.queue.limit = config.accounts.max_queue
+        self._credentials.update(credentials)
+        listed = {token.fingerprint for token in pool.tokens}
+        for key in [key for key in self._credentials if key not in listed]:
+            del self._credentials[key]  # tokens that have left the pool (retiring ones keep theirs)
+        self._models = list(config.model_routes)
+        self._coze_ids = frozenset(model.coze_bot_id for model in self._models)
+        self._on_models(self._coze_ids)
+        retiring = [token.masked for token in pool.tokens if token.retiring_since is not None]
+        log.info(
+            "reconfigured: %d user token(s)%s, %d model(s)",
+            len(pool.tokens) - len(retiring),
+            f", retiring {', '.join(retiring)}" if retiring else "",
+            len(self._models),
+        )
+        self._ledger.queue.serve()
+
+    def _token(self, token_id: str) -> PoolToken:
+        token = self._ledger.pool.find(token_id)
+        if token is None:
+            raise UnknownToken(f"no user token has the id {token_id!r}")
+        return token
+
+    def _report(self, token: PoolToken) -> TokenReport:
+        return token_report(self._ledger.pool, token, self._models, self._clock())
+
+    def set_token_enabled(self, token_id: str, enabled: bool) -> TokenReport:
+        token = self._token(token_id)
+        self._ledger.set_disabled(token, not enabled, self._clock())
+        return self._report(token)
+
+    async def check_token(self, token_id: str) -> TokenReport:
+        token = self._token(token_id)
+        await self._checks.check(token)
+        return self._report(token)
 
     def busy_threads(self) -> set[int]:
         return {inbox.channel_id for inbox in self._router.open_inboxes()}
@@ -134,28 +223,46 @@ class DiscordBackend:
         self._ledger.check(model, self._clock())
         conversations = self._conversations
         plan = await conversations.plan(request, model.name)
-        async with conversations.hold(plan.lock_key, max_waiting=request.limits.max_waiting_per_conversation):
-            self._stopping.check(posted=False)
-            if plan.lock_key is not None:
-                plan = await conversations.plan(request, model.name)  # another request may have moved it on
-            try:
-                async with aclosing(self._in_thread(request, model, plan, heartbeat)) as events:
-                    async for event in events:
-                        yield event
-            except ThreadGone:
-                if plan.thread_id is None:
-                    raise SendFailed("Discord lost the thread it had just created") from None
-                log.info("%s: thread %s is gone; starting a new one", request.request_id, plan.thread_id)
-                await conversations.forget(plan.thread_id)
-                fresh = Plan(None, request.turns, None)
-                async with aclosing(self._in_thread(request, model, fresh, heartbeat)) as events:
-                    async for event in events:
-                        yield event
+        max_wait = request.limits.max_queue_seconds or self._completion.max_reply_seconds
+        # The token this request holds, from its take (before any thread) until its reply ends.
+        attempts = Attempts(self._ledger, model, self._completion.busy_backoff_seconds, Lease(), max_wait)
+        try:
+            async with conversations.hold(
+                plan.lock_key, max_waiting=request.limits.max_waiting_per_conversation
+            ):
+                self._stopping.check(posted=False)
+                if plan.lock_key is not None:
+                    plan = await conversations.plan(
+                        request, model.name
+                    )  # another request may have moved it on
+                try:
+                    async with aclosing(self._in_thread(request, model, plan, heartbeat, attempts)) as events:
+                        async for event in events:
+                            yield event
+                except ThreadGone:
+                    if plan.thread_id is None:
+                        raise SendFailed("Discord lost the thread it had just created") from None
+                    log.info("%s: thread %s is gone; starting a new one", request.request_id, plan.thread_id)
+                    await conversations.forget(plan.thread_id)
+                    fresh = Plan(None, request.turns, None)
+                    async with aclosing(
+                        self._in_thread(request, model, fresh, heartbeat, attempts)
+                    ) as events:
+                        async for event in events:
+                            yield event
+        finally:
+            self._ledger.queue.release(attempts.lease)
 
     async def _in_thread(
-        self, request: PromptRequest, model: ModelSettings, plan: Plan, heartbeat: float
+        self, request: PromptRequest, model: ModelSettings, plan: Plan, heartbeat: float, attempts: Attempts
     ) -> AsyncGenerator[ReplyEvent, None]:
         chunks = prompt_messages(plan.turns, model, request.limits.max_prompt_messages)
+        # The token first: a request refused for a full queue has made no thread.
+        if attempts.lease.token is None:
+            async with aclosing(attempts.token(heartbeat, posted=False)) as taking:
+                async for queued in taking:
+                    yield queued
+            self._stopping.check(posted=False)
         thread_id = plan.thread_id
         # The request's first wait for a posting slot is where a flood is refused.
         max_waiting: int | None = request.limits.max_waiting
@@ -174,7 +281,14 @@ class DiscordBackend:
         inbox = self._router.open(thread_id)
         try:
             answer = self._answering.answer(
-                inbox, model, plan.turns, chunks, heartbeat, asked=asked(request), max_waiting=max_waiting
+                inbox,
+                model,
+                plan.turns,
+                chunks,
+                heartbeat,
+                attempts=attempts,
+                asked=asked(request),
+                max_waiting=max_waiting,
             )
             async with aclosing(answer) as events:
                 async for event in events:

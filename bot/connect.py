@@ -22,30 +22,10 @@ from bot.rest import Credential, DiscordRest
 from bot.router import ReplyRouter
 from bot.sqlite_store import open_sqlite_store
 from bot.tasks import TaskSet
-from bot.token_pool import PoolToken, TokenPool, fingerprint
+from bot.token_pool import TokenPool, TokenSpec
+from bot.token_roster import roster
 
 log = logging.getLogger(__name__)
-
-
-def _user_tokens(config: BackendConfig, bot: Credential) -> tuple[list[PoolToken], dict[str, Credential]]:
-    credentials: dict[str, Credential] = {}
-    tokens: list[PoolToken] = []
-    for index, entry in enumerate(config.discord.user_tokens, start=1):
-        token = entry.token.get_secret_value()
-        key = fingerprint(token)
-        if key in credentials:
-            continue  # the same token listed twice is one token
-        credentials[key] = Credential(token, is_bot=False, label=f"user token #{index}")
-        tokens.append(PoolToken(label=f"user token #{index}", fingerprint=key))
-    if not tokens:
-        log.warning(
-            "no discord.user_tokens: the listener bot posts the prompts itself, and a real Coze bot "
-            "does not answer prompts written by bot accounts"
-        )
-        key = fingerprint(config.discord.bot_token.get_secret_value())
-        credentials[key] = bot
-        tokens.append(PoolToken(label="listener bot", fingerprint=key))
-    return tokens, credentials
 
 
 @asynccontextmanager
@@ -54,8 +34,17 @@ async def open_backend(config: BackendConfig) -> AsyncIterator[DiscordBackend]:
     settings = config.discord
     bot_token = settings.bot_token.get_secret_value()
     bot = Credential(bot_token, is_bot=True, label="listener bot")
-    tokens, credentials = _user_tokens(config, bot)
-    pool = TokenPool(tokens, config.accounts.reset_at)
+
+    def tokens_of(config: BackendConfig) -> tuple[list[TokenSpec], dict[str, Credential]]:
+        return roster(config, bot)
+
+    specs, credentials = tokens_of(config)
+    if not config.discord.user_tokens:
+        log.warning(
+            "no discord.user_tokens: the listener bot posts the prompts itself, and a real Coze bot "
+            "does not answer prompts written by bot accounts"
+        )
+    pool = TokenPool([], config.accounts.reset_at)
     tasks, writes = TaskSet(), TaskSet()
     router = ReplyRouter()
     models = config.model_routes
@@ -76,11 +65,13 @@ async def open_backend(config: BackendConfig) -> AsyncIterator[DiscordBackend]:
         aiohttp.ClientSession(connector=connector(proxy), timeout=aiohttp.ClientTimeout(total=30)) as session,
     ):
         pool.restore(await store.tokens(), await store.token_rests(), await store.model_rests())
+        pool.apply(specs, time.time())
         rest = DiscordRest(settings.api_base, session)
         conversations = Conversations(store, writes)
         backend = DiscordBackend(
             models=models,
             completion=config.completion,
+            accounts=config.accounts,
             gateway=gateway.state,
             router=router,
             posting=Posting(
@@ -95,15 +86,20 @@ async def open_backend(config: BackendConfig) -> AsyncIterator[DiscordBackend]:
             ),
             history=rest,
             reader=bot,
-            ledger=Ledger(pool, store, writes),
+            ledger=Ledger(pool, store, writes, clock=time.time, max_queue=config.accounts.max_queue),
             conversations=conversations,
             clock=time.time,
             tasks=tasks,
+            credentials=credentials,
+            checker=rest,
+            roster=tokens_of,
+            on_models=gateway.set_coze_bot_ids,
         )
         gateway.on_resync = backend.resync
         try:
             await gateway.login(rest, bot, bot_token)
             tasks.spawn(gateway.run(), name="discord-gateway")
+            backend.start_checks()
             tasks.spawn(
                 housekeeping_loop(
                     conversations,
@@ -120,3 +116,4 @@ async def open_backend(config: BackendConfig) -> AsyncIterator[DiscordBackend]:
             await tasks.close()
             # Store writes are never cut short: they finish before the store closes.
             await writes.wait()
+            await rest.aclose()

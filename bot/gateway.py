@@ -69,6 +69,10 @@ class Gateway:
             pinned_gateway=None if gateway_url is None else yarl.URL(gateway_url),
         )
 
+    def set_coze_bot_ids(self, coze_bot_ids: frozenset[int]) -> None:
+        """Follow these Coze bots' messages from now on (a reload changed the models)."""
+        self.listener.follow(coze_bot_ids)
+
     async def login(self, rest: DiscordRest, bot: Credential, token: str) -> None:
         try:
             _point_discordpy_at(rest.api_base, self._gateway_url or await rest.gateway_url(bot))

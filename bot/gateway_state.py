@@ -18,11 +18,12 @@ log = logging.getLogger(__name__)
 
 
 class GatewayState:
-    __slots__ = ("_clock", "_epoch", "_intent_missing", "_on_return", "_ready", "_state")
+    __slots__ = ("_clock", "_epoch", "_intent_missing", "_on_return", "_ready", "_since", "_state")
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._state = BridgeState.STARTING
         self._clock = clock
+        self._since = clock()
         # A fact apart from the state: a READY gateway can still deliver Coze's replies empty.
         self._intent_missing: IntentMissing | None = None
         # Counts the returns to READY, so a waiting reply can tell the gateway was away.
@@ -33,6 +34,11 @@ class GatewayState:
     @property
     def state(self) -> BridgeState:
         return self._state
+
+    @property
+    def since(self) -> datetime:
+        """When `state` last changed."""
+        return datetime.fromtimestamp(self._since, UTC)
 
     @property
     def epoch(self) -> int:
@@ -76,7 +82,7 @@ class GatewayState:
             return  # disconnects while closing are expected
         if state is not self._state:
             log.info("gateway state: %s -> %s", self._state.value, state.value)
-            self._state = state
+            self._state, self._since = state, self._clock()
             if state is BridgeState.READY:
                 self._epoch += 1
                 for callback in self._on_return:

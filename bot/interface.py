@@ -50,6 +50,9 @@ class Limits:
     max_prompt_messages: int = 10  # Discord messages one prompt may take
     max_waiting_per_conversation: int = 4  # requests waiting behind the one in flight
     max_waiting: int = 256  # requests waiting for a posting slot, all conversations together
+    # The longest wait for a free user token (in the pool's queue); None: completion.max_reply_seconds
+    # (a stream, kept alive by `: queued` comments). A plain request sets first_reply_timeout.
+    max_queue_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

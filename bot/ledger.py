@@ -2,22 +2,28 @@
 
 Persisting is write-behind: the change is in memory at once, and the store write runs as a
 background task the client never waits for (a crash can lose only writes not yet durable).
-`Attempts` walks one prompt through the pool: which token posts next, and what each of Coze's
-or Discord's refusals means for the next try (another token, a pause, or the end).
+`pacing` posts with a held token once its gap has passed. `Attempts` walks one answer through
+the pool: which token posts next, and what each of Coze's or Discord's refusals means for the
+next try (another token, a pause, or the end).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from bot.config import ModelSettings
-from bot.interface import CozeBusy, CozeLimited, ModelLimited
+from bot.interface import BridgeError, CozeBusy, CozeLimited, ModelLimited, Queued
+from bot.seams import Clock
 from bot.store import Store
 from bot.tasks import TaskSet
 from bot.token_pool import PoolToken, TokenPool, utc
+from bot.token_queue import Lease, TokenQueue
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +35,12 @@ class InvalidToken(Exception):
 
 
 class Ledger:
-    def __init__(self, pool: TokenPool, store: Store, writes: TaskSet) -> None:
+    def __init__(
+        self, pool: TokenPool, store: Store, writes: TaskSet, *, clock: Clock, max_queue: int = 100
+    ) -> None:
         self.pool = pool
+        self.queue = TokenQueue(pool, clock, limit=max_queue)
+        self.clock = clock
         self._store = store
         self._writes = writes
         # Tokens whose row changed since it was last written: a post changes one every request,
@@ -56,16 +66,46 @@ class Ledger:
         finally:
             self._saving = False
 
-    def count_post(self, token: PoolToken, now: float) -> None:
-        self.pool.count_request(token, now)
-        self._changed(token)
+    @contextlib.asynccontextmanager
+    async def pacing(self, lease: Lease) -> AsyncIterator[Post]:
+        """Post with the held token once its gap has passed; the block sets `sent` when the
+        prompt (all its parts) went out, which counts it. The next gap starts on the way out."""
+        await self.queue.claim(lease)
+        post = Post()
+        try:
+            yield post
+        finally:
+            assert lease.token is not None
+            token = lease.token
+            self.queue.posted(lease, counted=post.sent)
+            if post.sent:
+                self._changed(token)
 
-    def invalidate(self, token: PoolToken) -> None:
+    def invalidate(self, token: PoolToken, reason: str, now: float) -> None:
         if token.invalid:
             return
-        log.error("%s was refused by Discord; it will not be used again", token.masked)
-        token.invalid = True
+        log.error("%s was refused by Discord (%s); it is not used until a check passes", token.masked, reason)
+        token.invalid, token.invalid_reason, token.invalid_since = True, reason, now
         self._changed(token)
+        self.queue.serve()
+
+    def revalidate(self, token: PoolToken, now: float) -> None:
+        if not token.invalid:
+            return
+        log.info("%s passed its check: it posts again", token.masked)
+        token.invalid, token.invalid_reason, token.invalid_since, token.back_at = False, None, None, now
+        self._changed(token)
+        self.queue.serve()
+
+    def set_disabled(self, token: PoolToken, disabled: bool, now: float) -> None:
+        if token.disabled == disabled:
+            return
+        log.info("%s %s by an admin", token.masked, "disabled" if disabled else "enabled")
+        token.disabled, token.disabled_since = disabled, now if disabled else None
+        if not disabled:
+            token.back_at = now
+        self._changed(token)
+        self.queue.serve()
 
     def rest_token(self, token: PoolToken, model: ModelSettings, now: float) -> float:
         until = self.pool.rest(token, model.coze_bot_id, now)
@@ -76,67 +116,130 @@ class Ledger:
             model.name,
             utc(until).isoformat(timespec="minutes"),
         )
+        self.queue.serve()
         return until
 
     def rest_model(self, model: ModelSettings, now: float) -> float:
         until = self.pool.rest_model(model.coze_bot_id, now)
         self._persist(self._store.rest_model(model.coze_bot_id, until))
+        self.queue.serve()
         return until
 
     def check(self, model: ModelSettings, now: float) -> None:
         """Fail before posting anything when no prompt could be answered."""
+        if self.pool.model_resting_until(model.coze_bot_id, now) or not self.pool.any_usable(
+            model.coze_bot_id, now
+        ):
+            raise self.refusal(model, now, posted=False)
+
+    def refusal(
+        self,
+        model: ModelSettings,
+        now: float,
+        *,
+        posted: bool,
+        notice: str | None = None,
+    ) -> BridgeError:
+        """Why no token can post for `model`: its Coze bot rests, or every token does."""
         if until := self.pool.model_resting_until(model.coze_bot_id, now):
-            raise ModelLimited(
+            return ModelLimited(
                 f"the Coze bot behind '{model.name}' is out of credits until {utc(until):%H:%M} UTC",
+                posted=posted,
                 retry_after=until - now,
             )
-        if self.pool.pick(model.coze_bot_id, now, advance=False) is None:
-            raise self.all_resting(model, now, posted=False)
+        return self.all_resting(model, now, posted=posted, notice=notice)
 
     def all_resting(
         self, model: ModelSettings, now: float, *, posted: bool, notice: str | None = None
     ) -> CozeLimited:
+        # Tokens this answer spent count too: a rest they took just now ends at the reset.
         until = self.pool.earliest_return(model.coze_bot_id, now)
         lead, tail = (f"{notice} (", ")") if notice else ("", "")
         if until is None:
             return CozeLimited(f"{lead}no valid user token can post to '{model.name}'{tail}", posted=posted)
+        capped = any(self.pool.capped_until(token, now) for token in self.pool.tokens)
+        spent_on = (
+            "made its daily_cap of posts or used up today's Coze quota"
+            if capped
+            else "used up today's Coze quota"
+        )
         return CozeLimited(
-            f"{lead}every user token has used up today's Coze quota for '{model.name}'; "
+            f"{lead}every user token has {spent_on} for '{model.name}'; "
             f"the first is back at {utc(until):%H:%M} UTC{tail}",
             posted=posted,
             retry_after=until - now,
         )
 
 
-class Attempts:
-    """One prompt's way through the pool."""
+@dataclass(slots=True)
+class Post:
+    sent: bool = False
 
-    def __init__(self, ledger: Ledger, model: ModelSettings, busy_backoff: float) -> None:
+
+class Attempts:
+    """One answer's way through the pool: the token it holds, and what each refusal means."""
+
+    def __init__(
+        self, ledger: Ledger, model: ModelSettings, busy_backoff: float, lease: Lease, max_wait: float
+    ) -> None:
         self._ledger = ledger
         self._model = model
-        self._spent: list[PoolToken] = []
+        self.lease = lease
+        self._max_wait = max_wait
+        self._spent: set[str] = set()
         self._notice: str | None = None
         self._busy = 0
-        self._backoff = busy_backoff
+        self._first_backoff = self._backoff = busy_backoff
 
-    def next(self, now: float, *, posted: bool) -> PoolToken:
-        """The token to post with; CozeLimited when none is left."""
-        token = self._ledger.pool.pick(self._model.coze_bot_id, now, exclude=self._spent)
-        if token is None:
-            raise self._ledger.all_resting(self._model, now, posted=posted, notice=self._notice)
-        return token
+    def new_exchange(self) -> None:
+        """Another prompt of the same answer (a "continue"): Coze's busy notices count afresh."""
+        self._busy, self._backoff = 0, self._first_backoff
 
-    def failed(self, token: PoolToken, exc: Exception, now: float) -> float:
+    async def token(self, heartbeat: float, *, posted: bool) -> AsyncGenerator[Queued, None]:
+        """Make sure the lease holds a token that may post for the model, waiting in the pool's
+        queue (ahead of new requests) for another when it does not; CozeLimited when none is left."""
+        pool, bot = self._ledger.pool, self._model.coze_bot_id
+        token, now = self.lease.token, self._ledger.clock()
+        held = token is not None and not token.invalid and not pool.capped_until(token, now)
+        if held and token is not None and token.resting_until(bot, now) is None:
+            return  # the token it holds goes on (a busy notice, a "continue")
+        if token is not None:
+            self._spend()
+
+        def refuse(now: float) -> BridgeError:
+            return self._ledger.refusal(self._model, now, posted=posted, notice=self._notice)
+
+        take = self._ledger.queue.take(
+            self.lease,
+            self._model,
+            heartbeat,
+            max_wait=self._max_wait,
+            refuse=refuse,
+            spent=frozenset(self._spent),
+            retry=token is not None,
+        )
+        async with aclosing(take) as waiting:
+            async for queued in waiting:
+                yield queued
+
+    def _spend(self) -> None:
+        if self.lease.token is not None:
+            self._spent.add(self.lease.token.fingerprint)
+            self._ledger.queue.release(self.lease)
+
+    def failed(self, exc: Exception, now: float) -> float:
         """Book the failure; the pause before the next try, or raise when there is none."""
+        token = self.lease.token
+        assert token is not None
         if isinstance(exc, InvalidToken):
-            self._ledger.invalidate(token)
-            self._spent.append(token)
+            self._ledger.invalidate(token, str(exc) or "Discord refused it", now)
+            self._spend()
             return 0.0
         if isinstance(exc, CozeLimited):
             # Nothing was streamed (notices are held back): the next token asks again.
             self._notice = exc.message
             self._ledger.rest_token(token, self._model, now)
-            self._spent.append(token)
+            self._spend()
             return 0.0
         if isinstance(exc, ModelLimited):
             exc.retry_after = self._ledger.rest_model(self._model, now) - now

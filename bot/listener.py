@@ -99,6 +99,12 @@ class Listener(discord.Client):
         state.coze_sink = sink
         state.pinned_gateway = pinned_gateway
 
+    def follow(self, coze_bot_ids: frozenset[int]) -> None:
+        """Pass these Coze bots' messages to the sink from now on (a reload changed the models)."""
+        state = self._connection
+        assert isinstance(state, _CozeFirstState)
+        state.coze_bot_ids = coze_bot_ids
+
     def _get_state(self, **options: Any) -> ConnectionState[Any]:
         return _CozeFirstState(
             dispatch=self.dispatch, handlers=self._handlers, hooks=self._hooks, http=self.http, **options

@@ -22,7 +22,7 @@ from bot.interface import BridgeError, Finished, Idle, ServerShutdown
 from bot.ledger import InvalidToken
 from bot.posting import ThreadGone
 from bot.reply_parts import ReplyParts
-from bot.token_pool import PoolToken
+from bot.token_queue import Lease
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,12 @@ class Probing:
         self._verdicts: dict[tuple[str, int], tuple[bool, float]] = {}
 
     async def confirm(
-        self, model: ModelSettings, token: PoolToken, trouble: Trouble, heartbeat: float
+        self, model: ModelSettings, lease: Lease, trouble: Trouble, heartbeat: float
     ) -> AsyncGenerator[Idle | Verdict, None]:
-        """Keep-alives while the probe runs, then whether `token` really is at `trouble`."""
+        """Keep-alives while the probe runs, then whether the token `lease` holds really is at
+        `trouble` (the probe waits for its gap, and counts as one of its posts)."""
+        token = lease.token
+        assert token is not None
         key = (token.fingerprint, model.coze_bot_id)
         async with self._locks.setdefault(model.channel_id, asyncio.Lock()):
             known = self._verdicts.get(key)
@@ -60,7 +63,7 @@ class Probing:
             # standing: no caller can reach the probe's thread to make it fail.
             confirmed = True
             try:
-                probe = self._probe(model, token, heartbeat)
+                probe = self._probe(model, lease, heartbeat)
                 async with aclosing(probe):
                     async for event in probe:
                         if isinstance(event, Idle):
@@ -81,23 +84,26 @@ class Probing:
         yield Verdict(confirmed)
 
     async def _probe(
-        self, model: ModelSettings, token: PoolToken, heartbeat: float
+        self, model: ModelSettings, lease: Lease, heartbeat: float
     ) -> AsyncGenerator[Idle | Finished | LimitNotice, None]:
+        token = lease.token
+        assert token is not None
         for attempt in (1, 2):
             thread_id = await self._thread(model)
             inbox = self._parts.router.open(thread_id)
             try:
                 try:
-                    async with self._parts.posting.admission, self._parts.stopping.cut_short(posted=True):
-                        await self._parts.posting.post(
-                            inbox, model, [f"<@{model.coze_bot_id}> {PROBE_TEXT}"], (), token
-                        )
+                    async with self._parts.ledger.pacing(lease) as paced:
+                        async with self._parts.posting.admission, self._parts.stopping.cut_short(posted=True):
+                            await self._parts.posting.post(
+                                inbox, model, [f"<@{model.coze_bot_id}> {PROBE_TEXT}"], (), token
+                            )
+                        paced.sent = True
                 except ThreadGone:
                     del self._threads[model.channel_id]  # someone deleted it: make another
                     if attempt == 2:
                         raise
                     continue
-                self._parts.ledger.count_post(token, self._parts.clock())
                 reply = follow_reply(
                     inbox,
                     self._parts.gateway,

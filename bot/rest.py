@@ -10,13 +10,17 @@ import asyncio
 import io
 import json as json_module
 import logging
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import version
 from typing import Any, TypedDict
 
 import aiohttp
+from pydantic import SecretStr
 
-from bot.interface import ImageFile
+from bot.interface import ImageFile, StartupError
 from bot.payloads import MessagePayload
+from bot.proxy import configured, connector, masked
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +28,38 @@ log = logging.getLogger(__name__)
 MAX_RATE_LIMIT_WAIT = 30.0
 MAX_ATTEMPTS = 4
 THREAD_TIMEOUT = 10.0
+# The form Discord asks of bots ("DiscordBot ($url, $version)"), as discord.py sends it.
+BOT_USER_AGENT = (
+    f"DiscordBot (coze-discord-bridge, {version('coze-discord-bridge')}) "
+    f"Python/{sys.version_info[0]}.{sys.version_info[1]} aiohttp/{aiohttp.__version__}"
+)
 
 
 class Credential:
-    """A Discord token and the `Authorization` value it sends; never shows the token itself."""
+    """A Discord token, the headers it sends and the proxy it goes through.
 
-    __slots__ = ("authorization", "label")
+    Never shows the token or the proxy's credentials. A bot token with no `headers` sends
+    discord.py's kind of User-Agent, never a browser's.
+    """
 
-    def __init__(self, token: str, *, is_bot: bool, label: str) -> None:
+    __slots__ = ("authorization", "headers", "label", "proxy")
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        is_bot: bool,
+        label: str,
+        headers: Mapping[str, str] | None = None,
+        proxy: SecretStr | None = None,
+    ) -> None:
         # User tokens go in Authorization as they are; bot tokens need the "Bot " prefix.
         self.authorization = f"Bot {token}" if is_bot else token
         self.label = label
+        # Always a User-Agent of our own: aiohttp's would mark the request as a script's.
+        self.headers: Mapping[str, str] = dict(headers) if headers else {"User-Agent": BOT_USER_AGENT}
+        # None or "": the session DiscordRest was given (direct, or discord.proxy).
+        self.proxy = proxy if proxy is not None and proxy.get_secret_value() else None
 
     def __repr__(self) -> str:
         return f"<Credential {self.label}>"
@@ -67,9 +92,38 @@ class RestError(Exception):
 
 
 class DiscordRest:
+    """Discord's REST API through `session`, or through a session of its own for each distinct
+    proxy a credential names (opened on first use, closed by `aclose`)."""
+
     def __init__(self, api_base: str, session: aiohttp.ClientSession) -> None:
         self.api_base = api_base.rstrip("/")
         self._session = session
+        self._proxied: dict[str, aiohttp.ClientSession] = {}
+        self._opening = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        """Close the per-proxy sessions (the one given to the constructor is its owner's)."""
+        sessions, self._proxied = list(self._proxied.values()), {}
+        for session in sessions:
+            await session.close()
+
+    async def _session_for(self, credential: Credential) -> aiohttp.ClientSession:
+        if credential.proxy is None:
+            return self._session
+        url = credential.proxy.get_secret_value()
+        if (session := self._proxied.get(url)) is not None:
+            return session
+        async with self._opening:
+            if (session := self._proxied.get(url)) is not None:
+                return session
+            try:
+                # Checked reachable first, for an error that says so rather than a vague one.
+                proxy = await configured(credential.proxy)
+            except StartupError as exc:
+                raise RestError(f"{credential.label}: {exc}", status=None) from None
+            session = aiohttp.ClientSession(connector=connector(proxy), timeout=self._session.timeout)
+            self._proxied[url] = session
+            return session
 
     async def request(
         self,
@@ -86,13 +140,15 @@ class DiscordRest:
         `attempt_seconds` bounds each attempt instead of the session's default.
         """
         url = self.api_base + path
-        options: dict[str, Any] = {"headers": {"Authorization": credential.authorization}}
+        session = await self._session_for(credential)
+        headers = {**credential.headers, "Authorization": credential.authorization}
+        options: dict[str, Any] = {"headers": headers}
         if attempt_seconds is not None:
             options["timeout"] = aiohttp.ClientTimeout(total=attempt_seconds)
         for _attempt in range(MAX_ATTEMPTS):
             data = form() if form is not None else None
             try:
-                async with self._session.request(method, url, json=json, data=data, **options) as resp:
+                async with session.request(method, url, json=json, data=data, **options) as resp:
                     body: Any = await resp.json(content_type=None) if resp.content_length != 0 else {}
                     if resp.status == 429:
                         await self._rate_limited(resp, body, credential)
@@ -109,7 +165,14 @@ class DiscordRest:
             except TimeoutError:
                 raise RestError("Discord did not answer in time", status=None) from None
             except (aiohttp.ClientError, ValueError) as exc:
-                raise RestError(f"Discord could not be reached ({type(exc).__name__})", status=None) from None
+                via = (
+                    ""
+                    if credential.proxy is None
+                    else f" through the proxy {masked(credential.proxy.get_secret_value())}"
+                )
+                raise RestError(
+                    f"Discord could not be reached{via} ({type(exc).__name__})", status=None
+                ) from None
         raise RestError("Discord kept rate-limiting the request", status=429)
 
     async def _rate_limited(self, resp: aiohttp.ClientResponse, body: Any, credential: Credential) -> None:

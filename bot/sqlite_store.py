@@ -61,6 +61,16 @@ MIGRATIONS: tuple[str, ...] = (
         until REAL NOT NULL
     );
     """,
+    # 3: why and since when a token is invalid, and an admin's disable.
+    """
+    ALTER TABLE tokens ADD COLUMN invalid_reason TEXT;
+    ALTER TABLE tokens ADD COLUMN invalid_since REAL;
+    ALTER TABLE tokens ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tokens ADD COLUMN disabled_since REAL;
+    """,
+)
+TOKEN_COLUMNS = (
+    "fingerprint, invalid, day_start, requests_today, invalid_reason, invalid_since, disabled, disabled_since"
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # How long a first write waits for others to share its commit. Nobody's bytes wait on a write
@@ -148,15 +158,22 @@ class SqliteStore:
 
     # Accounts.
     async def tokens(self) -> dict[str, StoredToken]:
-        rows = await self._rows("SELECT * FROM tokens")
-        return {row[0]: StoredToken(row[0], bool(row[1]), float(row[2]), int(row[3])) for row in rows}
+        rows = await self._rows(f"SELECT {TOKEN_COLUMNS} FROM tokens")
+        return {row[0]: _token(row) for row in rows}
 
     async def save_token(self, row: StoredToken) -> None:
+        values = (
+            row.fingerprint,
+            int(row.invalid),
+            row.day_start,
+            row.requests_today,
+            row.invalid_reason,
+            row.invalid_since,
+            int(row.disabled),
+            row.disabled_since,
+        )
         await self._write(
-            (
-                "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?)",
-                (row.fingerprint, int(row.invalid), row.day_start, row.requests_today),
-            )
+            (f"INSERT OR REPLACE INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
         )
 
     async def token_rests(self) -> dict[tuple[str, int], float]:
@@ -218,6 +235,19 @@ class SqliteStore:
         """Wait for every queued write (before closing the connection)."""
         while self._committer is not None:
             await asyncio.shield(self._committer)
+
+
+def _token(row: Row) -> StoredToken:
+    return StoredToken(
+        row[0],
+        bool(row[1]),
+        float(row[2]),
+        int(row[3]),
+        invalid_reason=row[4],
+        invalid_since=None if row[5] is None else float(row[5]),
+        disabled=bool(row[6]),
+        disabled_since=None if row[7] is None else float(row[7]),
+    )
 
 
 def _script(db: sqlite3.Connection, *, script: str) -> None:

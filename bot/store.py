@@ -19,6 +19,12 @@ class StoredToken:
     invalid: bool
     day_start: float
     requests_today: int
+    # Why Discord refused it, and since when (epoch seconds).
+    invalid_reason: str | None = None
+    invalid_since: float | None = None
+    # Turned off by an admin (PATCH /admin/tokens/{id}), and since when: survives reloads and restarts.
+    disabled: bool = False
+    disabled_since: float | None = None
 
 
 class Store(Protocol):
@@ -50,7 +56,7 @@ class Store(Protocol):
         """Every saved token, by fingerprint."""
 
     async def save_token(self, row: StoredToken) -> None:
-        """Insert, or replace the row with the same fingerprint."""
+        """Insert, or replace the row with the same fingerprint (every field, reasons included)."""
 
     # Rests: a token resting for one Coze bot, or a Coze bot resting for everyone, until a time.
     async def token_rests(self) -> dict[tuple[str, int], float]:

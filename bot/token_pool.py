@@ -1,11 +1,14 @@
-"""The user-token pool: who posts the next prompt, and who rests until Coze's quota resets (pure).
+"""The user-token pool: who may post the next prompt, and when (pure).
 
 Coze's quotas are per Discord user per Coze bot per day, so a daily-limit notice rests one
-token for one Coze bot; the creator-credits notice rests the Coze bot itself. Times are epoch
-seconds passed in by the caller; nothing here reads a clock or does I/O.
+token for one Coze bot; the creator-credits notice rests the Coze bot itself. Each token is also
+paced as a person would post: a gap (plus jitter) between two of its posts, a bound on its
+prompts awaiting Coze, and an optional daily cap. Times are epoch seconds passed in by the
+caller and randomness comes from an injected `random.Random`: nothing here reads a clock or
+does I/O.
 
 A user token has four faces, each named for its job: `bot.rest.Credential` is the secret as
-REST sends it; `PoolToken` is its place in this pool (turns, rests, counts);
+REST sends it; `PoolToken` is its place in this pool (pacing, rests, counts);
 `bot.store.StoredToken` is what survives a restart; `bot.interface.TokenReport` is what
 /v1/status shows. Only the first holds the secret.
 """
@@ -13,14 +16,16 @@ REST sends it; `PoolToken` is its place in this pool (turns, rests, counts);
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from bot.config import ModelSettings
-from bot.interface import ModelStatus, TokenReport, TokenState
 from bot.reset import ResetTime
 from bot.store import StoredToken
+
+ADMIN_DISABLED = "disabled by an admin"
+SETTINGS_DISABLED = "enabled = false in the settings"
 
 
 def fingerprint(token: str) -> str:
@@ -28,14 +33,47 @@ def fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """How one token posts. The default paces nothing (the listener-bot fallback, unit rigs)."""
+
+    max_in_flight: int = 1_000_000
+    min_gap: float = 0.0
+    jitter: float = 0.0
+    daily_cap: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSpec:
+    """A token as the settings list it."""
+
+    label: str
+    fingerprint: str
+    pacing: Pacing = Pacing()
+    enabled: bool = True
+
+
 @dataclass(eq=False)
 class PoolToken:
-    label: str  # "user token #2": safe for logs
+    label: str  # "user token #2", or the settings' label: safe for logs
     fingerprint: str
+    pacing: Pacing = Pacing()
+    enabled: bool = True  # the settings' `enabled`
     invalid: bool = False
+    invalid_reason: str | None = None
+    invalid_since: float | None = None
+    disabled: bool = False  # by an admin (persisted)
+    disabled_since: float | None = None
+    retiring_since: float | None = None  # gone from the settings, finishing its prompts
     rests: dict[int, float] = field(default_factory=dict)  # coze bot id -> resting until
+    rested_at: dict[int, float] = field(default_factory=dict)  # since when (this run only)
     day_start: float = 0.0
     requests_today: int = 0
+    capped_at: float | None = None  # the post that reached the cap (this run only)
+    back_at: float | None = None  # when it last became healthy again (this run only)
+    in_flight: int = 0  # requests holding it, from their take until their reply ends
+    claimed: bool = False  # a holder is about to post with it: nobody else may
+    ready_at: float = 0.0  # its next post may not go out before this (the gap)
 
     @property
     def masked(self) -> str:
@@ -46,51 +84,186 @@ class PoolToken:
         return until if until is not None and until > now else None
 
     def stored(self) -> StoredToken:
-        return StoredToken(self.fingerprint, self.invalid, self.day_start, self.requests_today)
+        return StoredToken(
+            self.fingerprint,
+            self.invalid,
+            self.day_start,
+            self.requests_today,
+            invalid_reason=self.invalid_reason,
+            invalid_since=self.invalid_since,
+            disabled=self.disabled,
+            disabled_since=self.disabled_since,
+        )
+
+    def take_over(self, row: StoredToken) -> None:
+        self.invalid, self.invalid_reason, self.invalid_since = (
+            row.invalid,
+            row.invalid_reason,
+            row.invalid_since,
+        )
+        self.disabled, self.disabled_since = row.disabled, row.disabled_since
+        self.day_start, self.requests_today = row.day_start, row.requests_today
 
 
 class TokenPool:
-    def __init__(self, tokens: Sequence[PoolToken], reset: ResetTime) -> None:
+    def __init__(
+        self, tokens: Sequence[PoolToken], reset: ResetTime, *, rng: random.Random | None = None
+    ) -> None:
         self.tokens = list(tokens)
         self.reset = reset
+        self.rng = rng or random.Random()
         self.model_rests: dict[int, float] = {}
-        self._next = 0
+        # What the store remembered, for tokens a reload adds later; and tokens that left the
+        # pool, so one listed again keeps its counts and its state.
+        self._stored: dict[str, StoredToken] = {}
+        self._stored_rests: dict[tuple[str, int], float] = {}
+        self._departed: dict[str, PoolToken] = {}
 
     def restore(
         self, rows: dict[str, StoredToken], rests: dict[tuple[str, int], float], model_rests: dict[int, float]
     ) -> None:
         """Take over what the store remembered from an earlier run."""
+        self._stored, self._stored_rests = dict(rows), dict(rests)
         for token in self.tokens:
-            if (row := rows.get(token.fingerprint)) is not None:
-                token.invalid = row.invalid
-                token.day_start, token.requests_today = row.day_start, row.requests_today
-            token.rests = {bot: until for (fp, bot), until in rests.items() if fp == token.fingerprint}
+            self._restore_one(token)
         self.model_rests = dict(model_rests)
 
-    def pick(
-        self, coze_bot_id: int, now: float, *, exclude: Iterable[PoolToken] = (), advance: bool = True
-    ) -> PoolToken | None:
-        """The next healthy token for this Coze bot, round-robin; None when all rest or are invalid.
+    def _restore_one(self, token: PoolToken) -> None:
+        if (row := self._stored.get(token.fingerprint)) is not None:
+            token.take_over(row)
+        token.rests = {
+            bot: until for (fp, bot), until in self._stored_rests.items() if fp == token.fingerprint
+        }
 
-        `advance=False` only asks whether there is one, without taking a turn.
+    def find(self, token_id: str) -> PoolToken | None:
+        return next((token for token in self.tokens if token.fingerprint == token_id), None)
+
+    def apply(self, specs: Sequence[TokenSpec], now: float) -> list[PoolToken]:
+        """Take a new token list (a reload); returns the tokens that left the pool at once.
+
+        A token listed again keeps its counts and state; one no longer listed retires: it
+        finishes its prompts in flight and leaves when it has none.
         """
-        skipped = set(map(id, exclude))
-        count = len(self.tokens)
-        for offset in range(count):
-            token = self.tokens[(self._next + offset) % count]
-            if token.invalid or id(token) in skipped or token.resting_until(coze_bot_id, now):
-                continue
-            if advance:
-                self._next = (self._next + offset + 1) % count
-            return token
+        current = {token.fingerprint: token for token in self.tokens}
+        kept: list[PoolToken] = []
+        for spec in specs:
+            token = current.pop(spec.fingerprint, None) or self._departed.pop(spec.fingerprint, None)
+            if token is None:
+                token = PoolToken(spec.label, spec.fingerprint)
+                self._restore_one(token)
+            if token.retiring_since is not None:
+                token.retiring_since, token.back_at = None, now
+            if token.enabled != spec.enabled:
+                token.back_at = now
+            token.label, token.pacing, token.enabled = spec.label, spec.pacing, spec.enabled
+            kept.append(token)
+        gone: list[PoolToken] = []
+        for token in current.values():
+            if token.in_flight:
+                token.retiring_since = token.retiring_since or now
+                kept.append(token)
+            else:
+                self._departed[token.fingerprint] = token
+                gone.append(token)
+        self.tokens = kept
+        return gone
+
+    # Availability and choice.
+    def capped_until(self, token: PoolToken, now: float) -> float | None:
+        cap = token.pacing.daily_cap
+        if cap is not None and self.posts_today(token, now) >= cap:
+            return self.next_reset(now)
         return None
 
+    def usable(self, token: PoolToken, coze_bot_id: int, now: float) -> bool:
+        """Healthy for this Coze bot: it can post to it now, or once it is free."""
+        return not (
+            token.invalid
+            or token.disabled
+            or not token.enabled
+            or token.retiring_since is not None
+            or self.capped_until(token, now) is not None
+            or token.resting_until(coze_bot_id, now) is not None
+        )
+
+    def any_usable(self, coze_bot_id: int, now: float, exclude: Iterable[str] = ()) -> bool:
+        skipped = set(exclude)
+        return any(
+            self.usable(token, coze_bot_id, now) for token in self.tokens if token.fingerprint not in skipped
+        )
+
+    @staticmethod
+    def is_free(token: PoolToken, now: float) -> bool:
+        """Below its max_in_flight, nobody about to post with it, and past its gap."""
+        return token.in_flight < token.pacing.max_in_flight and not token.claimed and now >= token.ready_at
+
+    def choose(self, coze_bot_id: int, now: float, *, exclude: Iterable[str] = ()) -> PoolToken | None:
+        """The free token with the fewest prompts in flight, then the fewest posts today (a
+        random one among ties); None when no token is free for this Coze bot now."""
+        skipped = set(exclude)
+        best: list[PoolToken] = []
+        best_key: tuple[int, int] | None = None
+        for token in self.tokens:
+            if token.fingerprint in skipped or not self.is_free(token, now):
+                continue
+            if not self.usable(token, coze_bot_id, now):
+                continue
+            key = (token.in_flight, self.posts_today(token, now))
+            if best_key is None or key < best_key:
+                best, best_key = [token], key
+            elif key == best_key:
+                best.append(token)
+        return self.rng.choice(best) if best else None
+
+    def next_free_at(self, now: float) -> float | None:
+        """When the first token waiting only for its gap may post (None: none is)."""
+        times = [
+            token.ready_at
+            for token in self.tokens
+            if token.ready_at > now and token.in_flight < token.pacing.max_in_flight and not token.claimed
+        ]
+        return min(times) if times else None
+
+    # Holding and posting.
+    @staticmethod
+    def take(token: PoolToken) -> None:
+        """A request holds the token, and claims its next post."""
+        token.in_flight += 1
+        token.claimed = True
+
+    def release(self, token: PoolToken, *, claimed: bool) -> bool:
+        """The request's reply ended; True when a retiring token thereby left the pool."""
+        token.in_flight -= 1
+        if claimed:
+            token.claimed = False
+        if token.retiring_since is not None and token.in_flight == 0 and token in self.tokens:
+            self.tokens.remove(token)
+            self._departed[token.fingerprint] = token
+            return True
+        return False
+
+    @staticmethod
+    def may_post(token: PoolToken, now: float) -> bool:
+        return not token.claimed and now >= token.ready_at
+
+    def posted(self, token: PoolToken, now: float, *, counted: bool) -> None:
+        """A post with the token ended (its parts all sent, or failed): the gap starts now."""
+        token.claimed = False
+        pacing = token.pacing
+        token.ready_at = now + pacing.min_gap + (self.rng.uniform(0, pacing.jitter) if pacing.jitter else 0.0)
+        if counted:
+            self.count_request(token, now)
+            if self.capped_until(token, now) is not None and token.capped_at is None:
+                token.capped_at = now
+
+    # Days, rests and counts.
     def next_reset(self, now: float) -> float:
         return self.reset.next_after(utc(now)).timestamp()
 
     def rest(self, token: PoolToken, coze_bot_id: int, now: float) -> float:
         until = self.next_reset(now)
         token.rests[coze_bot_id] = until
+        token.rested_at[coze_bot_id] = now
         return until
 
     def rest_model(self, coze_bot_id: int, now: float) -> float:
@@ -102,70 +275,34 @@ class TokenPool:
         until = self.model_rests.get(coze_bot_id)
         return until if until is not None and until > now else None
 
-    def earliest_return(self, coze_bot_id: int, now: float) -> float | None:
-        """When the first resting token can post to this Coze bot again (None: none will)."""
+    def returns_at(self, token: PoolToken, coze_bot_id: int, now: float) -> float | None:
+        """When a resting or capped token can post to this Coze bot again (None: never by itself)."""
+        if token.invalid or token.disabled or not token.enabled or token.retiring_since is not None:
+            return None
+        times = [t for t in (token.resting_until(coze_bot_id, now), self.capped_until(token, now)) if t]
+        return max(times) if times else None
+
+    def earliest_return(self, coze_bot_id: int, now: float, exclude: Iterable[str] = ()) -> float | None:
+        """When the first resting or capped token can post to this Coze bot again."""
+        skipped = set(exclude)
         times = [
             until
-            for a in self.tokens
-            if not a.invalid and (until := a.resting_until(coze_bot_id, now)) is not None
+            for token in self.tokens
+            if token.fingerprint not in skipped and (until := self.returns_at(token, coze_bot_id, now))
         ]
         return min(times) if times else None
 
     def count_request(self, token: PoolToken, now: float) -> None:
         today = self.reset.last_at_or_before(utc(now)).timestamp()
         if token.day_start != today:
-            token.day_start, token.requests_today = today, 0
+            token.day_start, token.requests_today, token.capped_at = today, 0, None
         token.requests_today += 1
 
-    def requests_today(self, token: PoolToken, now: float) -> int:
+    def posts_today(self, token: PoolToken, now: float) -> int:
         today = self.reset.last_at_or_before(utc(now)).timestamp()
         return token.requests_today if token.day_start == today else 0
 
-    def state(self, token: PoolToken, coze_bot_ids: Iterable[int], now: float) -> TokenState:
-        """Invalid; resting (for every Coze bot served); otherwise healthy."""
-        if token.invalid:
-            return TokenState.INVALID
-        bots = list(coze_bot_ids)
-        if bots and all(token.resting_until(bot, now) for bot in bots):
-            return TokenState.RESTING
-        return TokenState.HEALTHY
-
-    def report(
-        self, models: Sequence[ModelSettings], now: float
-    ) -> tuple[tuple[TokenReport, ...], tuple[ModelStatus, ...]]:
-        """What GET /v1/status shows: each token (masked) and each model's rest."""
-        bots = [model.coze_bot_id for model in models]
-        tokens = []
-        for token in self.tokens:
-            resting = {
-                model.name: utc(until)
-                for model in models
-                if (until := token.resting_until(model.coze_bot_id, now)) is not None
-            }
-            state = self.state(token, bots, now)
-            tokens.append(
-                TokenReport(
-                    id=token.fingerprint,
-                    label=token.label,
-                    state=state,
-                    since=None,
-                    reason=None,
-                    resting_until=min(resting.values()) if state is TokenState.RESTING else None,
-                    resting_models=resting,
-                    in_flight=0,
-                    max_in_flight=1,
-                    posts_today=self.requests_today(token, now),
-                    daily_cap=None,
-                )
-            )
-        rests = tuple(
-            ModelStatus(
-                model.name,
-                utc(until) if (until := self.model_resting_until(model.coze_bot_id, now)) else None,
-            )
-            for model in models
-        )
-        return tuple(tokens), rests
+    requests_today = posts_today
 
 
 def utc(timestamp: float) -> datetime:

@@ -10,12 +10,14 @@ from aiohttp import web
 
 from bot.interface import Backend, open_discord_backend
 from bot.proxy import ProxyUrl, configured
+from bridge_api import admin
+from bridge_api.alerts import alerts_ctx
 from bridge_api.appkeys import BACKEND, CONFIG, HTTP_CLIENT, METRICS
 from bridge_api.chat import chat_completions
 from bridge_api.deadlines import GuardedSite
 from bridge_api.imagegen import image_generations
 from bridge_api.info import get_model, healthz, list_models, metrics_endpoint, readyz, status
-from bridge_api.live import LiveConfig
+from bridge_api.live import LiveConfig, Load
 from bridge_api.metrics import Metrics
 from bridge_api.middleware import add_common_headers, bridge_middleware
 from bridge_api.outbound import Outbound, is_refused
@@ -26,14 +28,18 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 5.0
 
 
-def make_app(settings: Settings, port: int, *, backend: Backend | None = None) -> web.Application:
-    """The bridge's HTTP app. Without `backend`, it connects to Discord on startup."""
+def make_app(
+    settings: Settings, port: int, *, backend: Backend | None = None, reload: Load | None = None
+) -> web.Application:
+    """The bridge's HTTP app. Without `backend`, it connects to Discord on startup; `reload`
+    reads the settings again (SIGHUP, POST /admin/reload)."""
     app = web.Application(client_max_size=settings.api.max_body_bytes, middlewares=[bridge_middleware])
-    app[CONFIG] = LiveConfig(settings)
+    app[CONFIG] = LiveConfig(settings, reload)
     app[METRICS] = Metrics()
     app.on_response_prepare.append(add_common_headers)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_backend_context(settings, port, backend))
+    app.cleanup_ctx.append(alerts_ctx)
     app.on_shutdown.append(_end_open_streams)
     # Some providers' clients call the routes without the /v1 prefix.
     for prefix in ("/v1", ""):
@@ -45,6 +51,7 @@ def make_app(settings: Settings, port: int, *, backend: Backend | None = None) -
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    admin.add_routes(app)
     return app
 
 

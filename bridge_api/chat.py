@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from contextlib import aclosing
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -25,12 +26,12 @@ from bridge_api.appkeys import (
     STARTED,
     USAGE,
 )
-from bridge_api.chunks import DONE, PING, QUEUED, ChunkStream, completion_body, sse, usage
+from bridge_api.chunks import DONE, PING, ChunkStream, completion_body, queued, sse, usage
 from bridge_api.deadlines import read_body
 from bridge_api.errors import APIError, server_error
 from bridge_api.flood import caller_of
 from bridge_api.image_input import load_images
-from bridge_api.model_access import resolve_model
+from bridge_api.model_access import pinned, resolve_model
 from bridge_api.schemas import ChatRequest, parse_body
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,12 @@ async def read_json(request: web.Request) -> object:
 async def collect_reply(request: web.Request, backend: Backend, prompt: PromptRequest) -> Finished:
     """The whole reply at once (plain answers and image generation)."""
     heartbeat = 3600.0  # nobody to keep alive before the whole answer is there
+    # Nothing reaches the caller while it waits, and a client gives up on a silent request: it
+    # waits for a free user token no longer than for Coze's first reply.
+    wait = request.app[CONFIG].now.settings.completion.first_reply_timeout
+    prompt = replace(prompt, limits=replace(prompt.limits, max_queue_seconds=wait))
     try:
+        prompt = pinned(request, prompt)
         async with aclosing(backend.complete(prompt, heartbeat=heartbeat)) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
@@ -146,6 +152,7 @@ async def _stream(
     open_streams = request.app[METRICS].open_streams
     open_streams.inc()
     try:
+        prompt = pinned(request, prompt)
         async with aclosing(backend.complete(prompt, heartbeat=heartbeat)) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
@@ -154,7 +161,7 @@ async def _stream(
                 elif isinstance(event, Idle):
                     await response.write(PING)
                 elif isinstance(event, Queued):
-                    await response.write(QUEUED)
+                    await response.write(queued(event.ahead))
                 else:
                     # The end in one write, before the backend's iterator is closed.
                     ending = chunks.finish(event.reason)
@@ -167,6 +174,8 @@ async def _stream(
                 error = _unfinished()
     except BridgeError as exc:
         error = _bridge_error(request, exc)
+    except APIError as exc:
+        error = exc  # the model went away in a reload while the headers went out
     except (ConnectionError, OSError):
         raise  # the client is gone: nothing more can be written to it
 

@@ -14,6 +14,11 @@ PING = b": ping\n\n"
 QUEUED = b": queued\n\n"  # waiting for a posting slot
 
 
+def queued(ahead: int | None) -> bytes:
+    """The comment a waiting stream gets: with how many requests wait before it for a token."""
+    return QUEUED if ahead is None else f": queued, {ahead} ahead\n\n".encode()
+
+
 def estimate_tokens(text: str) -> int:
     # one-api counts tokens itself when usage is zero, so send an estimate (~4 characters a
     # token for English), never zero for non-empty text.

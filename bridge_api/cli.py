@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
@@ -28,6 +29,9 @@ EXIT_CONFIG = 2
 EXIT_STARTUP = 1
 # How long start-up waits for the gateway before printing the banner anyway.
 READY_WAIT = 30.0
+# The demo's simulated accounts are paced like real ones, only quicker: a visitor sees the gaps
+# and the queue at work without waiting seconds for each answer. A settings file may set its own.
+DEMO_PACING = {"min_gap_seconds": 0.5, "jitter_seconds": 0.5, "max_in_flight": 4}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -91,17 +95,28 @@ async def _run(
     with tempfile.TemporaryDirectory(prefix="coze-bridge-demo-") as storage:
         async with SimulatedDiscord(pace=1.0) as sim:
             load = functools.partial(
-                load_settings,
-                config,
-                env_file=env_file,
-                discord=sim.discord_settings(),
-                api=api,
-                storage={"path": f"{storage}/bridge.db"},
+                _demo_paced,
+                functools.partial(
+                    load_settings,
+                    config,
+                    env_file=env_file,
+                    discord=sim.discord_settings(),
+                    api=api,
+                    storage={"path": f"{storage}/bridge.db"},
+                ),
             )
             settings = load()
             _configure_logging(settings, log_level)
             await serve(settings, demo=True, reload=load, log_level=log_level)
     return 0
+
+
+def _demo_paced(load: Callable[[], Settings]) -> Settings:
+    """The settings `load` gives, with the demo's pacing for what they leave unset."""
+    settings = load()
+    accounts = settings.accounts
+    pacing = {name: value for name, value in DEMO_PACING.items() if name not in accounts.model_fields_set}
+    return settings.model_copy(update={"accounts": accounts.model_copy(update=pacing)})
 
 
 def _configure_logging(settings: Settings, level: str | None) -> None:
@@ -117,8 +132,9 @@ async def serve(
     reload: Callable[[], Settings] | None = None,
     log_level: str | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM; on SIGHUP, `reload` the settings."""
-    app = make_app(settings, settings.api.port)
+    """Serve until SIGINT or SIGTERM; on SIGHUP (or POST /admin/reload), `reload` the settings."""
+    app = make_app(settings, settings.api.port, reload=reload)
+    app[CONFIG].on_reload.append(functools.partial(_configure_logging, level=log_level))
     async with serving(app, settings.api.host, settings.api.port) as (_, port):
         try:
             async with asyncio.timeout(READY_WAIT):
@@ -135,7 +151,7 @@ async def serve(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         if reload is not None:
-            loop.add_signal_handler(signal.SIGHUP, _reload, app, reload, log_level)
+            loop.add_signal_handler(signal.SIGHUP, _reload, app)
         try:
             await stop.wait()
         finally:
@@ -144,18 +160,10 @@ async def serve(
         log.info("shutting down")
 
 
-def _reload(app: web.Application, load: Callable[[], Settings], log_level: str | None) -> None:
+def _reload(app: web.Application) -> None:
     """SIGHUP (`systemctl reload`): read the settings again; keep those in force if they are invalid."""
-    try:
-        loaded = load()
-    except ConfigError as exc:
-        log.error("reload refused, the settings in force stay: %s", exc)
-        return
-    waiting = app[CONFIG].reload(loaded)
-    _configure_logging(loaded, log_level)
-    log.info("settings reloaded")
-    if waiting:
-        log.warning("changed settings that apply at the next start: %s", ", ".join(waiting))
+    with contextlib.suppress(ConfigError):  # logged; the settings in force stay
+        app[CONFIG].reload(app[BACKEND])
 
 
 def _print_banner(settings: Settings, port: int, *, demo: bool) -> None:
@@ -169,4 +177,10 @@ def _print_banner(settings: Settings, port: int, *, demo: bool) -> None:
         f"  curl -N {base}/chat/completions -H 'Content-Type: application/json'{auth} \\",
         """    -d '{"model": "coze", "stream": true, "messages": [{"role": "user", "content": "Hello!"}]}'""",
     ]
+    if demo:
+        pacing = settings.accounts
+        lines.append(
+            f"demo pacing: each simulated account waits {pacing.min_gap_seconds:g} s (plus up to "
+            f"{pacing.jitter_seconds:g} s) between posts, with at most {pacing.max_in_flight} prompts in flight"
+        )
     print("\n".join(lines), flush=True)

@@ -20,6 +20,7 @@ from bot.interface import (
     ReplyTimeout,
     SendFailed,
     ServerShutdown,
+    UnknownToken,
     UpstreamError,
 )
 
@@ -39,6 +40,7 @@ BRIDGE_STATUS: dict[type[BridgeError], int] = {
     PromptTooLong: 400,
     ConversationBusy: 429,
     Overloaded: 503,
+    UnknownToken: 404,
 }
 # The request field a bridge failure is about, where it is one.
 BRIDGE_PARAM: dict[type[BridgeError], str] = {PromptTooLong: "messages"}

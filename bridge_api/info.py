@@ -9,7 +9,7 @@ from datetime import datetime
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot.interface import MESSAGE_CONTENT_SWITCH, BridgeState, IntentMissing, TokenState
+from bot.interface import MESSAGE_CONTENT_SWITCH, BridgeState, IntentMissing, TokenReport, TokenState
 from bridge_api.appkeys import BACKEND, METRICS
 from bridge_api.errors import APIError
 from bridge_api.model_access import visible_models
@@ -59,34 +59,43 @@ def _intents(missing: IntentMissing | None) -> dict[str, str | None]:
     return {"message_content": "missing", "since": _iso(missing.since), "seen_as": missing.seen_as}
 
 
+def token_json(token: TokenReport) -> dict[str, object]:
+    """A user token as /v1/status and /admin/tokens show it: masked, never the token."""
+    return {
+        "id": token.id,
+        "label": token.label,
+        "state": token.state.value,
+        "since": _iso(token.since),
+        "reason": token.reason,
+        "resting_until": _iso(token.resting_until),
+        "resting_models": {name: _iso(until) for name, until in token.resting_models.items()},
+        "in_flight": token.in_flight,
+        "max_in_flight": token.max_in_flight,
+        "posts_today": token.posts_today,
+        "daily_cap": token.daily_cap,
+    }
+
+
 async def status(request: web.Request) -> web.Response:
     """GET /v1/status: the token pool, the models, the gateway and what is in flight."""
     backend_status = request.app[BACKEND].status()
     registry = request.app[METRICS].registry
+    queue = backend_status.queue
     body = {
         "state": backend_status.state.value,
+        "state_since": _iso(backend_status.state_since),
         "open_streams": int(registry.get_sample_value("coze_bridge_open_streams") or 0),
         "open_replies": backend_status.open_replies,
-        "tokens": [
-            {
-                "id": token.id,
-                "label": token.label,
-                "state": token.state.value,
-                "since": _iso(token.since),
-                "reason": token.reason,
-                "resting_until": _iso(token.resting_until),
-                "resting_models": {name: _iso(until) for name, until in token.resting_models.items()},
-                "in_flight": token.in_flight,
-                "max_in_flight": token.max_in_flight,
-                "posts_today": token.posts_today,
-                "daily_cap": token.daily_cap,
-            }
-            for token in backend_status.tokens
-        ],
+        "tokens": [token_json(token) for token in backend_status.tokens],
         "models": [
-            {"name": model.name, "resting_until": _iso(model.resting_until)}
+            {
+                "name": model.name,
+                "resting_until": _iso(model.resting_until),
+                "tokens_available": model.tokens_available,
+            }
             for model in backend_status.models
         ],
+        "queue": {"length": queue.length, "limit": queue.limit, "full_since": _iso(queue.full_since)},
         "intents": _intents(backend_status.intent_missing),
     }
     return web.json_response(body)
@@ -95,10 +104,19 @@ async def status(request: web.Request) -> web.Response:
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """GET /metrics: the gauges that mirror the backend are set at scrape time, then all is rendered."""
     metrics = request.app[METRICS]
-    current = request.app[BACKEND].state
+    backend_status = request.app[BACKEND].status()
     for state in BridgeState:
-        metrics.gateway_state.labels(state.value).set(1 if state is current else 0)
-    states = Counter(token.state for token in request.app[BACKEND].status().tokens)
+        metrics.gateway_state.labels(state.value).set(1 if state is backend_status.state else 0)
+    states = Counter(token.state for token in backend_status.tokens)
     for token_state in TokenState:
         metrics.tokens.labels(token_state.value).set(states[token_state])
+    metrics.queue_length.set(backend_status.queue.length)
+    # Cleared first, so a token gone from the settings leaves no stale series behind. Tokens
+    # sharing a label add up under it.
+    in_flight = Counter[str]()
+    for token in backend_status.tokens:
+        in_flight[token.label] += token.in_flight
+    metrics.token_in_flight.clear()
+    for label, count in in_flight.items():
+        metrics.token_in_flight.labels(label).set(count)
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -36,6 +36,15 @@ class Metrics:
         self.tokens = Gauge(
             "coze_bridge_user_tokens", "User tokens by state", ["state"], registry=self.registry
         )
+        self.queue_length = Gauge(
+            "coze_bridge_queue_length", "Requests waiting for a free user token", registry=self.registry
+        )
+        self.token_in_flight = Gauge(
+            "coze_bridge_token_in_flight",
+            "Prompts awaiting Coze, by user token label",
+            ["token"],
+            registry=self.registry,
+        )
         self.upstream_errors = Counter(
             "coze_bridge_upstream_errors",
             "Failures of Discord or Coze, by kind",

@@ -31,6 +31,9 @@ log = logging.getLogger("coze_bridge.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Behind admin keys of their own (bridge_api.admin): caller keys neither open nor are needed there,
+# and no other origin may read them.
+ADMIN_PREFIX = "/admin/"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 CORS_METHODS = "GET, POST, OPTIONS"
 # A caller's path or model name, as logged: no forged log lines, no megabyte lines.
@@ -143,6 +146,12 @@ async def add_common_headers(request: web.Request, response: web.StreamResponse)
         response.headers["Access-Control-Max-Age"] = "600"
 
 
+def is_admin_route(request: web.Request) -> bool:
+    # The route matched, not the raw path, which could be made to start with the prefix.
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical.startswith(ADMIN_PREFIX)
+
+
 def _is_preflight(request: web.Request) -> bool:
     return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
 
@@ -152,6 +161,8 @@ def _allowed_origin(request: web.Request) -> str | None:
     api = config.settings.api
     if not config.keys and not api.allow_no_auth:
         return None  # without keys, no web page may read what the bridge answers
+    if is_admin_route(request) or request.path.startswith(ADMIN_PREFIX):
+        return None  # a page of the bridge's own origin needs no CORS to reach them
     origins = api.cors_origins
     if "*" in origins:
         return "*"
@@ -175,6 +186,8 @@ def _check_form(request: web.Request) -> None:
 
 
 def _check_key(request: web.Request) -> None:
+    if is_admin_route(request):
+        return  # the admin routes check their own keys
     keys = request.app[CONFIG].now.keys
     presented = presented_key(request)
     if presented is not None:

@@ -5,9 +5,12 @@ A model with its own API keys is open only to callers presenting one of them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aiohttp import web
 
 from bot.config import ModelSettings
+from bot.interface import PromptRequest
 from bridge_api.appkeys import API_KEY, BACKEND, CONFIG
 from bridge_api.bearer import matches_any
 from bridge_api.errors import APIError
@@ -28,6 +31,16 @@ def resolve_model(request: web.Request, name: str) -> int:
         code="model_not_found",
         param="model",
     )
+
+
+def pinned(request: web.Request, prompt: PromptRequest) -> PromptRequest:
+    """`prompt` routed anew by its model name, against the models in force now.
+
+    Call it right before `backend.complete`, with no await between: a reload while the request
+    waited (for its images, or for a stream's headers to go out) may have moved or removed the
+    model its first route pointed at, and the backend reads the route when it starts.
+    """
+    return replace(prompt, route=resolve_model(request, prompt.model))
 
 
 def visible_models(request: web.Request) -> list[str]:

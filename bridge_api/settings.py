@@ -152,6 +152,16 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _admin_keys_apart(self) -> Settings:
+        # A key shared with callers would hand every caller the pool's switches.
+        callers = {key.get_secret_value() for key in self.accepted_keys()}
+        if any(key.get_secret_value() in callers for key in self.api.admin_keys):
+            raise ValueError(
+                "api.admin_keys: an admin key may not also be a caller's key (api.keys or a model's api_keys)"
+            )
+        return self
+
     @property
     def model_routes(self) -> list[ModelSettings]:
         """The Coze bots served, in order; without [[models]], the one in [discord] as `coze`."""

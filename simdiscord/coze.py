@@ -157,6 +157,10 @@ class CozeBot:
         self.ignores_bots = True
         self.prompts_received: list[PromptInfo] = []
         self.prompts_ignored: list[PromptInfo] = []
+        # While set and not yet open, every reply waits for it before it starts (a slow Coze
+        # that holds the bridge's tokens in flight); `replying` counts the replies under way.
+        self.gate: asyncio.Event | None = None
+        self.replying = 0
         # (user id, Coze bot id or None for all): daily quota used up.
         self.exhausted: set[tuple[int, int | None]] = set()
         self.creator_limited: set[int] = set()
@@ -214,6 +218,17 @@ class CozeBot:
         return plan
 
     async def _reply(self, prompt: PromptInfo, plan: ReplyPlan, bot: Account) -> None:
+        self.replying += 1
+        self.world.changed()
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            await self._stream(prompt, plan, bot)
+        finally:
+            self.replying -= 1
+            self.world.changed()
+
+    async def _stream(self, prompt: PromptInfo, plan: ReplyPlan, bot: Account) -> None:
         await asyncio.sleep(plan.first_delay)
         parts = split_answer(plan.text)
         last_message: Message | None = None

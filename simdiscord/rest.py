@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import json
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from simdiscord import payloads
 from simdiscord.ratelimit import RateLimits
@@ -20,6 +22,8 @@ MESSAGE_LIMIT = 2000
 MAX_ATTACHMENTS = 10
 USER_MENTION = re.compile(r"<@!?(\d+)>")
 ACCOUNT = web.RequestKey("account", Account)
+# The most recent API calls kept in `Rest.seen`: a benchmark makes thousands.
+SEEN_KEPT = 2000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -51,6 +55,19 @@ class Fault:
     after: bool = False  # the call is carried out, then its answer is lost
 
 
+@dataclass(frozen=True)
+class SeenRequest:
+    """One API call as it arrived: its headers (without Authorization, so no token is ever
+    shown), the account it authenticated as, and the address it came from."""
+
+    method: str
+    path: str
+    route: str
+    headers: CIMultiDictProxy[str]
+    account_id: int | None
+    peer: tuple[str, int] | None
+
+
 def _route(request: web.Request) -> str:
     """The route's template without the API version, e.g. "/channels/{channel_id}/messages"."""
     resource = request.match_info.route.resource
@@ -79,6 +96,7 @@ class Rest:
         # The most POSTs this Discord was answering at once.
         self.posts_in_flight = 0
         self.peak_posts_in_flight = 0
+        self.seen: deque[SeenRequest] = deque(maxlen=SEEN_KEPT)
 
     def routes(self, app: web.Application) -> None:
         for version in ("v9", "v10"):
@@ -108,6 +126,7 @@ class Rest:
         if not request.path.startswith("/api/"):
             return await handler(request)
         key = f"{request.method} {_route(request)}"
+        self._record(request)
         if (gate := self.gates.get(key)) is not None:
             self.held.append(key)
             self.world.changed()
@@ -150,6 +169,21 @@ class Rest:
             self.posts_in_flight -= posting
         response.headers.update(verdict.headers)
         return response
+
+    def _record(self, request: web.Request) -> None:
+        headers = CIMultiDict(request.headers)
+        account = self.world.authenticate(headers.popall("Authorization", [""])[0])
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        self.seen.append(
+            SeenRequest(
+                method=request.method,
+                path=request.path_qs,
+                route=_route(request),
+                headers=CIMultiDictProxy(headers),
+                account_id=account.id if account is not None else None,
+                peer=(peer[0], peer[1]) if peer else None,
+            )
+        )
 
     def hold(self, method: str, route: str) -> asyncio.Event:
         """Calls of e.g. ("POST", "/channels/{channel_id}/threads") wait until the event is set."""

@@ -14,7 +14,7 @@ from simdiscord import payloads
 from simdiscord.coze import CozeBot, PromptInfo, Script, default_script
 from simdiscord.gateway import Gateway
 from simdiscord.ratelimit import RateLimits
-from simdiscord.rest import Rest
+from simdiscord.rest import Rest, SeenRequest
 from simdiscord.world import GATEWAY_MESSAGE_CONTENT, Account, Message, Overwrite, World
 
 
@@ -207,6 +207,10 @@ class SimulatedDiscord:
         """Discord answers this user token with 401 from now on."""
         self.world.revoked.add(self.account(token).id)
 
+    def reinstate_token(self, token: str) -> None:
+        """A revoked or unverified user token works again (its owner fixed it)."""
+        self.world.reinstate(self.account(token).id)
+
     def require_verification(self, token: str) -> None:
         """Discord refuses this user's messages with 403, code 40002."""
         self.world.unverified.add(self.account(token).id)
@@ -219,6 +223,19 @@ class SimulatedDiscord:
     @property
     def messages(self) -> list[Message]:
         return list(self.world.messages.values())
+
+    @property
+    def requests_seen(self) -> list[SeenRequest]:
+        """The most recent API calls (up to simdiscord.rest.SEEN_KEPT), oldest first."""
+        return list(self.rest.seen)
+
+    def requests_by(self, token: str) -> list[SeenRequest]:
+        """The recent API calls that authenticated as the account behind `token`."""
+        account_id = self.account(token).id
+        return [seen for seen in self.rest.seen if seen.account_id == account_id]
+
+    def forget_requests(self) -> None:
+        self.rest.seen.clear()
 
     @property
     def prompts_received(self) -> list[PromptInfo]:

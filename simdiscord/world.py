@@ -109,10 +109,21 @@ class Message:
         return self.author.id
 
 
+@dataclass(frozen=True, slots=True)
+class PromptPost:
+    """A user account's message that mentions a Coze bot, when the simulation took it in."""
+
+    author_id: int
+    message_id: int
+    channel_id: int
+    at: float  # on the simulation's clock (monotonic seconds)
+
+
 class World:
     """Everything the REST API, the gateway and the Coze bot share, with change notification."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.ids = Snowflakes()
         # Where attachments are served (the simulation's own HTTP address, set on start).
         self.cdn_base = ""
@@ -146,6 +157,8 @@ class World:
         # Discord's answers to a user token that cannot post: 401, or 403 code 40002.
         self.revoked: set[int] = set()
         self.unverified: set[int] = set()
+        # Every prompt a user account posted, in order (pacing is measured on these).
+        self.prompt_posts: list[PromptPost] = []
         self._changed = asyncio.Event()
 
     def add_account(self, name: str, *, bot: bool) -> Account:
@@ -190,9 +203,18 @@ class World:
         account = self._by_token.get(authorization)
         return account if account and not account.bot and account.id not in self.revoked else None
 
+    def reinstate(self, account_id: int) -> None:
+        """A revoked or unverified account works again (its owner fixed it)."""
+        self.revoked.discard(account_id)
+        self.unverified.discard(account_id)
+
     def add_message(self, message: Message) -> None:
         self.messages[message.id] = message
         self.channels[message.channel_id].message_count += 1
+        if not message.author.bot and any(bot in message.mentions for bot in self.coze_bots):
+            self.prompt_posts.append(
+                PromptPost(message.author.id, message.id, message.channel_id, self.clock())
+            )
         self.changed()
 
     def changed(self) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from bot.backend import DiscordBackend
-from bot.config import CompletionSettings, ModelSettings
+from bot.config import AccountSettings, BackendConfig, CompletionSettings, ModelSettings
 from bot.conversations import Conversations
 from bot.detector import ReplySnapshot
 from bot.gateway_state import GatewayState
@@ -29,7 +30,7 @@ from bot.reset import ResetTime
 from bot.rest import Credential, MessageCreate, RestError
 from bot.router import ReplyRouter
 from bot.tasks import TaskSet
-from bot.token_pool import PoolToken, TokenPool, fingerprint
+from bot.token_pool import Pacing, PoolToken, TokenPool, TokenSpec, fingerprint
 
 NOON = datetime(2026, 5, 4, 12, 0, tzinfo=UTC).timestamp()
 MIDNIGHT = datetime(2026, 5, 5, 0, 0, tzinfo=UTC).timestamp()
@@ -59,6 +60,7 @@ class Post:
     token: str  # the credential's label
     message_id: int
     files: int = 0
+    at: float = 0.0  # the loop's time when it was taken in
 
 
 Script = Callable[[Post], Reply | None]
@@ -158,7 +160,14 @@ class FakeDiscord:
             raise RestError("Unknown Channel", status=404, code=10003)
         if user_id(credential.label) not in self.members.get(channel_id, [user_id(credential.label)]):
             raise RestError("Missing Access", status=403, code=50001)  # a private thread it is not in
-        post = Post(channel_id, payload["content"], credential.label, next(self._ids), len(files))
+        post = Post(
+            channel_id,
+            payload["content"],
+            credential.label,
+            next(self._ids),
+            len(files),
+            asyncio.get_running_loop().time(),
+        )
         self.posts.append(post)
         # In a private thread the Coze bot sees only what is posted after it was added.
         sees = COZE in self.members.get(channel_id, [COZE])
@@ -226,6 +235,35 @@ class Rig:
         return [event async for event in self.backend.complete(request, heartbeat=heartbeat)]
 
 
+NO_PACING = Pacing()
+
+
+class FirstOfTies(random.Random):
+    """Ties go to the first token listed, so a test knows who posts; gaps' jitter stays random."""
+
+    def choice(self, seq: Sequence[Any]) -> Any:
+        return seq[0]
+
+
+def rig_roster(config: BackendConfig) -> tuple[list[TokenSpec], dict[str, Credential]]:
+    """The rig's tokens from settings: the token's text is its label (so FakeDiscord knows it)."""
+    specs: list[TokenSpec] = []
+    credentials: dict[str, Credential] = {}
+    for index, entry in enumerate(config.discord.user_tokens, start=1):
+        label = entry.token.get_secret_value()
+        accounts = config.accounts
+        pacing = Pacing(
+            entry.max_in_flight or accounts.max_in_flight,
+            accounts.min_gap_seconds if entry.min_gap_seconds is None else entry.min_gap_seconds,
+            accounts.jitter_seconds,
+            entry.daily_cap or accounts.daily_cap,
+        )
+        specs.append(TokenSpec(label, fingerprint(label), pacing, entry.enabled))
+        credentials[fingerprint(label)] = Credential(label, is_bot=False, label=label)
+        assert label == f"user token #{index}" or entry.label is None
+    return specs, credentials
+
+
 async def make_rig(
     *,
     tokens: int = 2,
@@ -233,6 +271,9 @@ async def make_rig(
     store: MemoryStore | None = None,
     max_concurrent_posts: int = 4,
     private_threads: bool = False,
+    pacing: Pacing = NO_PACING,
+    max_queue: int = 100,
+    seed: int = 1,
 ) -> AsyncIterator[Rig]:
     loop = asyncio.get_running_loop()
     # The wall clock on the loop's time. looptime starts the loop's virtual time with the test
@@ -243,8 +284,9 @@ async def make_rig(
     labels = [f"user token #{n}" for n in range(1, tokens + 1)]
     credentials = {fingerprint(label): Credential(label, is_bot=False, label=label) for label in labels}
     pool = TokenPool(
-        [PoolToken(label=label, fingerprint=fingerprint(label)) for label in labels],
+        [PoolToken(label=label, fingerprint=fingerprint(label), pacing=pacing) for label in labels],
         ResetTime.parse("00:00 UTC"),
+        rng=FirstOfTies(seed),
     )
     store = store or MemoryStore()
     gateway = GatewayState()
@@ -254,6 +296,7 @@ async def make_rig(
     backend = DiscordBackend(
         models=[MODEL],
         completion=completion,
+        accounts=AccountSettings(max_queue=max_queue),
         gateway=gateway,
         router=router,
         posting=Posting(
@@ -267,10 +310,13 @@ async def make_rig(
         ),
         history=discord,
         reader=reader,
-        ledger=Ledger(pool, store, writes),
+        ledger=Ledger(pool, store, writes, clock=clock, max_queue=max_queue),
         conversations=Conversations(store, writes),
         clock=clock,
         tasks=tasks,
+        credentials=credentials,
+        checker=discord,
+        roster=rig_roster,
     )
     try:
         yield Rig(backend, discord, store, pool, gateway, writes, tasks)

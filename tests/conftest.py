@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,28 @@ TEST_COMPLETION = {"quiet_seconds": 0.4, "first_reply_timeout": 3.0, "max_reply_
 # No pacing: tests that are not about it post as fast as the simulated Discord lets them (the
 # pacing tests set accounts.* themselves).
 TEST_ACCOUNTS = {"min_gap_seconds": 0.0, "jitter_seconds": 0.0, "max_in_flight": 64}
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+    """Close an event loop looptime's hook makes for a plain (sync) test: left open, it is
+    collected during some later test and fails it with an "unclosed event loop" warning."""
+    policy = asyncio.get_event_loop_policy()
+    before = _policy_loop(policy)
+    try:
+        return (yield)
+    finally:
+        made = _policy_loop(policy)
+        if made is not None and made is not before and not made.is_running():
+            made.close()
+            policy.set_event_loop(before)
+
+
+def _policy_loop(policy: asyncio.AbstractEventLoopPolicy) -> asyncio.AbstractEventLoop | None:
+    # The loop the policy holds for this thread, without making one (get_event_loop would).
+    local = getattr(policy, "_local", None)
+    loop = getattr(local, "_loop", None)
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
 
 
 @pytest.fixture

@@ -97,6 +97,22 @@ async def test_sdk_plain_completion(serve: Callable[..., Any]) -> None:
     assert server.backend.requests[0].turns[0].content == "hi"
 
 
+async def test_a_plain_request_waits_for_a_token_no_longer_than_for_the_first_reply(
+    serve: Callable[..., Any],
+) -> None:
+    server: Server = await serve(answer("ok"))
+    for stream in (False, True):
+        resp = await server.post({"model": "coze", "messages": USER, "stream": stream})
+        await resp.read()
+        assert resp.status == 200
+    async with server.http.post(server.base + "/v1/images/generations", json={"prompt": "a cat"}) as resp:
+        await resp.read()  # no image in "ok": 502, after the backend was asked
+    plain, streamed, image = (request.limits for request in server.backend.requests)
+    assert plain.max_queue_seconds == 60.0, "completion.first_reply_timeout"
+    assert image.max_queue_seconds == 60.0
+    assert streamed.max_queue_seconds is None, "a stream hears ': queued' while it waits"
+
+
 async def test_content_parts_and_history_reach_the_backend(serve: Callable[..., Any]) -> None:
     server: Server = await serve(answer("ok"))
     messages = [

@@ -115,7 +115,8 @@ async def test_idle_events_keep_a_long_wait_alive(rig: Rig) -> None:
     assert text_of(events) == "late"
 
 
-async def test_tokens_take_turns(rig: Rig) -> None:
+async def test_the_least_used_token_posts(rig: Rig) -> None:
+    # One at a time nothing is in flight: the fewest posts today decide (ties: the first listed).
     for _ in range(3):
         await rig.run(rig.ask())
     assert rig.discord.tokens_used() == ["user token #1", "user token #2", "user token #1"]

@@ -108,3 +108,25 @@ async def test_signal_ends_open_streams_in_band_and_exits_0(signum: signal.Signa
     assert json.loads(frames[-2][6:])["error"]["code"] == "server_shutdown"
     async with asyncio.timeout(10):
         assert await proc.wait() == 0
+
+
+async def test_the_demo_paces_its_accounts_and_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[accounts]\nmin_gap_seconds = 2.0\n")  # the file's own pacing wins
+    proc = await run_cli("--demo", "--port", "0", "--config", str(config))
+    try:
+        base = await api_base(proc)
+        assert proc.stdout is not None
+        async with asyncio.timeout(10):
+            while "demo pacing" not in (line := (await proc.stdout.readline()).decode()):
+                assert line, "the banner ended without the demo's pacing"
+        assert "waits 2 s (plus up to 0.5 s) between posts, with at most 4 prompts in flight" in line
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/status") as resp:
+            tokens = (await resp.json())["tokens"]
+        assert tokens
+        assert {token["max_in_flight"] for token in tokens} == {4}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            await proc.communicate()
+    assert proc.returncode == 0

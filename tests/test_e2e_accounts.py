@@ -1,4 +1,4 @@
-"""The user-token pool: round-robin, resting on limits, invalid on 401, state across restarts."""
+"""The user-token pool: least-used choice, resting on limits, invalid on 401, state across restarts."""
 
 from __future__ import annotations
 
@@ -48,12 +48,14 @@ async def test_tokens_take_turns(sim: SimulatedDiscord, bridge: Bridge) -> None:
 
 async def test_a_spent_token_rests_and_the_next_one_answers(sim: SimulatedDiscord, bridge: Bridge) -> None:
     sim.exhaust(sim.user_tokens[0])
-    code, _, body = await post_chat(bridge)
-    assert code == 200, body
-    assert body["choices"][0]["message"]["content"].startswith('You asked: "hello"')
-    first, second = (sim.prompts_by(token) for token in sim.user_tokens[:2])
+    # One at a time, the token with the fewest posts goes next: three requests try all three.
+    for _ in range(3):
+        code, _, body = await post_chat(bridge)
+        assert code == 200, body
+        assert body["choices"][0]["message"]["content"].startswith('You asked: "hello"')
+    first = sim.prompts_by(sim.user_tokens[0])
     assert [prompt.content for prompt in first] == ["hello", PROBE_TEXT], "the notice was confirmed"
-    assert len(second) == 1
+    assert len(sim.prompts_received) == 5, "three answers, the notice and its probe"
     pool = await status(bridge)
     first = pool["tokens"][0]
     assert first["state"] == "resting"
@@ -178,7 +180,8 @@ async def test_token_states_survive_a_restart(sim: SimulatedDiscord, start_bridg
     bridge: Bridge = await start_bridge()
     sim.exhaust(sim.user_tokens[0])
     sim.revoke_token(sim.user_tokens[1])
-    assert (await post_chat(bridge))[0] == 200
+    for _ in range(3):  # every token is tried: the fewest posts go first
+        assert (await post_chat(bridge))[0] == 200
     before = tokens_by_state(await status(bridge))
     assert before == {"user token #1": "resting", "user token #2": "invalid", "user token #3": "healthy"}
     await bridge.stop()

@@ -4,6 +4,8 @@ for posting slots."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 
 import aiohttp
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from bridge_api.chunks import QUEUED
 from bridge_api.flood import RateLimiter
 from simdiscord import SimulatedDiscord
+from simdiscord.coze import ReplyPlan
 from tests.conftest import Bridge, BridgeFactory
 from tests.mock_bridge import mock_bridge
 
@@ -93,3 +96,57 @@ async def test_past_max_waiting_requests_are_503_overloaded_and_waiting_streams_
     assert len(sim.prompts_received) == 2, "the refused requests posted nothing"
     threads = [channel for channel in sim.world.channels.values() if channel.is_thread]
     assert len(threads) == 2
+
+
+async def test_streams_waiting_for_a_busy_token_hear_their_place_and_a_plain_one_gives_up(
+    sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
+    """One token, one prompt in flight at a time: the rest wait in the pool's queue."""
+    bridge: Bridge = await start_bridge(
+        discord={"user_tokens": sim.user_tokens[:1]},
+        accounts={"max_in_flight": 1},
+        api={"ping_seconds": 0.2},
+        completion={"first_reply_timeout": 1.5},
+    )
+    url = f"{bridge.base_url}/v1/chat/completions"
+    sim.coze.gate = gate = asyncio.Event()  # Coze holds its first reply: the token stays busy
+    async with contextlib.AsyncExitStack() as streams:
+        first = await streams.enter_async_context(bridge.http.post(url, json=BODY | {"stream": True}))
+        async with asyncio.timeout(10):
+            await sim.wait_for(lambda: len(sim.prompts_received) == 1)
+        second = await streams.enter_async_context(bridge.http.post(url, json=BODY | {"stream": True}))
+        async with asyncio.timeout(10):
+            await second.content.readuntil(b": queued, 0 ahead\n\n")
+        third = await streams.enter_async_context(bridge.http.post(url, json=BODY | {"stream": True}))
+        async with asyncio.timeout(10):
+            await third.content.readuntil(b": queued, 1 ahead\n\n")
+        async with bridge.http.get(f"{bridge.base_url}/v1/status") as resp:
+            status = await resp.json()
+        assert (status["queue"]["length"], status["queue"]["limit"]) == (2, 100)
+        assert status["tokens"][0]["in_flight"] == 1
+        # Busy, not gone: the token still counts for the model, and the gateway has been up a while.
+        assert status["models"][0]["tokens_available"] == 1
+        assert status["state"] == "ready"
+        assert status["state_since"] is not None
+        async with bridge.http.get(f"{bridge.base_url}/metrics") as resp:
+            metrics = await resp.text()
+        assert "coze_bridge_queue_length 2.0" in metrics
+        assert 'coze_bridge_token_in_flight{token="user token #1"} 1.0' in metrics
+        gate.set()
+        async with asyncio.timeout(20):
+            ends = [(await stream.read()).decode() for stream in (first, second, third)]
+    assert all(end.endswith("data: [DONE]\n\n") and '"finish_reason":"stop"' in end for end in ends)
+    assert len(sim.prompts_received) == 3
+
+    # A plain request has no way to hear it is queued: it waits no longer than for a first reply.
+    sim.script = lambda prompt: ReplyPlan(text="slow " * 24, chunk_chars=5, step_delay=0.15)
+    async with bridge.http.post(url, json=BODY | {"stream": True}) as slow:
+        await slow.content.readuntil(b'"content":"slow')  # the token is busy with this answer
+        started = time.monotonic()
+        status_code, headers, code = await post(bridge.http, url)
+        waited = time.monotonic() - started
+        assert (status_code, code) == (503, "overloaded")
+        assert int(headers["Retry-After"]) >= 1
+        assert 1.4 < waited < 3.0, "completion.first_reply_timeout, not the slow answer's end"
+        assert len(sim.prompts_received) == 4, "nothing was posted for it"
+        assert (await slow.read()).decode().endswith("data: [DONE]\n\n")

@@ -39,8 +39,9 @@ def imports(path: Path) -> set[str]:
 def test_the_api_reaches_bot_only_through_the_port(path: Path) -> None:
     reached = {name for name in imports(path) if name == "bot" or name.startswith("bot.")}
     # bot.doctor: the setup doctor checks Discord itself, a second port beside the backend.
-    # bot.proxy: the outbound proxy connector, shared by Discord's connections and image fetches.
-    assert reached <= {"bot.interface", "bot.config", "bot.doctor", "bot.proxy"}
+    # bot.proxy: the outbound proxy connector, shared by Discord's connections and image fetches;
+    # bot.tasks: the one place background tasks are started (alert deliveries too).
+    assert reached <= {"bot.interface", "bot.config", "bot.doctor", "bot.proxy", "bot.tasks"}
 
 
 @pytest.mark.parametrize("module", CORE)

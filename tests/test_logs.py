@@ -32,6 +32,7 @@ USER_TOKENS = [
 ]
 API_KEY = "sk-live-4f9c2e7a1b8d3f6e0a5c9b2d7e1f4a8c"
 OTHER_KEY = "sk-wrong-0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d"
+ADMIN_KEY = "sk-admin-9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b"
 ACCESS_FIELDS = {
     "method",
     "path",
@@ -143,16 +144,28 @@ async def test_no_secret_reaches_the_log_at_debug(
 async def test_no_secret_reaches_the_log_of_the_real_bridge(
     caplog_with_ids: pytest.LogCaptureFixture, sim: SimulatedDiscord, start_bridge: BridgeFactory
 ) -> None:
-    bridge = await start_bridge(api={"keys": [API_KEY]}, log={"level": "DEBUG"})
+    bridge = await start_bridge(api={"keys": [API_KEY], "admin_keys": [ADMIN_KEY]}, log={"level": "DEBUG"})
     client = bridge.openai(api_key=API_KEY)
     stream = await client.chat.completions.create(
         model="coze", stream=True, messages=[{"role": "user", "content": "hello"}]
     )
     assert "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
     await client.close()
+    # The admin endpoints log what they did, by label and fingerprint only.
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with bridge.http.get(f"{bridge.base_url}/admin/tokens", headers=admin) as resp:
+        token_id = (await resp.json())["tokens"][0]["id"]
+    sim.revoke_token(sim.user_tokens[0])
+    for method, path, body in [
+        ("PATCH", f"/admin/tokens/{token_id}", {"enabled": False}),
+        ("POST", f"/admin/tokens/{token_id}/check", None),
+    ]:
+        async with bridge.http.request(method, bridge.base_url + path, json=body, headers=admin) as resp:
+            assert resp.status == 200
     output = all_output(caplog_with_ids)
     assert "discord." in output, "discord.py's own debug lines were captured"
-    assert_no_secret(output, [sim.bot_token, *sim.user_tokens, API_KEY])
+    assert f"admin: user token #1 ({token_id[:8]}) disabled" in output
+    assert_no_secret(output, [sim.bot_token, *sim.user_tokens, API_KEY, ADMIN_KEY])
 
 
 async def run_demo(*args: str, **env: str) -> tuple[str, list[str]]:

@@ -7,18 +7,23 @@ lines are the count of connections that went through it, and where they went.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import psutil
 import pytest
 from yarl import URL
 
+from bot.config import AccountSettings, UserTokenSettings
+from bot.identity import user_credential
 from bot.interface import StartupError
 from bot.proxy import masked, parse_proxy
+from bot.rest import DiscordRest
 from bridge_api.app import _image_proxy
 from bridge_api.doctor import run_doctor
 from bridge_api.outbound import FetchFailed, Outbound, is_refused
@@ -240,3 +245,73 @@ async def test_the_doctor_names_a_dead_proxy_without_its_credentials(
     assert failed.startswith("FAIL  proxy: the proxy http://***@127.0.0.1:")
     assert "cannot be reached" in failed
     assert PASSWORD not in "\n".join(lines)
+
+
+def client_ports(pid: int, port: int) -> set[int]:
+    """The local ports of process `pid`'s client sockets connected to `port`."""
+    return {
+        c.laddr.port for c in psutil.Process(pid).net_connections("tcp") if c.raddr and c.raddr.port == port
+    }
+
+
+async def test_a_tokens_own_proxy_carries_only_its_calls(
+    start_proxy: Callable[[str], asyncio.Future[Pproxy]], sim: SimulatedDiscord
+) -> None:
+    proxy = await start_proxy(f"socks5://127.0.0.1:PORT#{USER}:{PASSWORD}")
+    discord_port = URL(sim.api_base).port or 0
+    proxied, direct = sim.user_tokens[:2]
+    accounts = AccountSettings()
+    own = UserTokenSettings.model_validate(
+        {"token": proxied, "proxy": f"socks5://{USER}:{PASSWORD}@127.0.0.1:{proxy.port}"}
+    )
+    async with aiohttp.ClientSession() as session:
+        rest = DiscordRest(sim.api_base, session)
+        try:
+            through_proxy = user_credential(own, accounts, "proxied")
+            # Two first calls at once still open a single session for the proxy.
+            await asyncio.gather(rest.user_id(through_proxy), rest.user_id(through_proxy))
+            assert len(rest._proxied) == 1
+            await rest.post_message(sim.channel_id, {"content": "hello"}, through_proxy)
+            straight_on = user_credential(
+                UserTokenSettings.model_validate({"token": direct}), accounts, "direct"
+            )
+            await rest.user_id(straight_on)
+            await rest.post_message(sim.channel_id, {"content": "hello"}, straight_on)
+            # The calls arrived from pproxy's sockets, the others from this process's own.
+            through = {seen.peer[1] for seen in sim.requests_by(proxied) if seen.peer}
+            straight = {seen.peer[1] for seen in sim.requests_by(direct) if seen.peer}
+            assert through
+            assert through <= client_ports(proxy.process.pid, discord_port)
+            assert straight
+            assert straight <= client_ports(os.getpid(), discord_port)
+        finally:
+            await rest.aclose()
+    # Kept-alive tunnels (one per call at once), all to the simulated Discord.
+    await proxy.wait_for(lambda tunnels: len(tunnels) >= 2)
+    assert proxy.tunnels == [f"127.0.0.1:{discord_port}"] * 2
+    assert rest._proxied == {}
+
+
+async def test_the_bridge_sends_a_tokens_calls_through_its_proxy(
+    start_proxy: Callable[[str], asyncio.Future[Pproxy]], sim: SimulatedDiscord, start_bridge: BridgeFactory
+) -> None:
+    proxy = await start_proxy(f"http://127.0.0.1:PORT#{USER}:{PASSWORD}")
+    discord_port = URL(sim.api_base).port or 0
+    proxied, direct = sim.user_tokens[:2]
+    url = f"http://{USER}:{PASSWORD}@127.0.0.1:{proxy.port}"
+    bridge = await start_bridge(discord={"user_tokens": [{"token": proxied, "proxy": url}, direct]})
+    for n in range(2):
+        deltas, finish = await stream_text(bridge, f"prompt {n}")
+        assert "".join(deltas)
+        assert finish == "stop"
+    assert len(sim.prompts_by(proxied)) == len(sim.prompts_by(direct)) == 1
+    through = {seen.peer[1] for seen in sim.requests_by(proxied) if seen.peer}
+    assert through
+    assert through <= client_ports(proxy.process.pid, discord_port)
+    # The other token and discord.py (no discord.proxy) connect straight.
+    others = [seen for seen in sim.requests_seen if seen.account_id != sim.account(proxied).id]
+    straight = {seen.peer[1] for seen in others if seen.peer}
+    assert straight
+    assert straight <= client_ports(os.getpid(), discord_port)
+    await proxy.wait_for(lambda tunnels: len(tunnels) >= 1)
+    assert set(proxy.tunnels) == {f"127.0.0.1:{discord_port}"}

@@ -26,17 +26,23 @@ async def test_an_old_database_opens_after_an_upgrade(tmp_path: Path) -> None:
         assert await old.schema_version() == 1
         await old.add_thread(111, "coze", now=1000.0)
         await old.remember("h:abc", 111, now=1000.0)
-        await old.save_token(StoredToken("fp1", invalid=True, day_start=0.0, requests_today=3))
     with sqlite3.connect(path) as db:
+        # A row as version 1 wrote it (today's store writes columns version 1 lacks).
+        db.execute("INSERT INTO tokens VALUES ('fp1', 1, 0.0, 3)")
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "model_rests" not in tables
 
     async with open_sqlite_store(path) as upgraded:
         assert await upgraded.schema_version() == SCHEMA_VERSION
         assert await upgraded.find_conversation("h:abc") == 111
-        assert (await upgraded.tokens())["fp1"].invalid
+        assert (await upgraded.tokens())["fp1"] == StoredToken(
+            "fp1", invalid=True, day_start=0.0, requests_today=3
+        )
         await upgraded.rest_model(7, until=2000.0)
         assert await upgraded.model_rests() == {7: 2000.0}
+        disabled = StoredToken("fp1", True, 0.0, 3, invalid_reason="401", disabled=True, disabled_since=5.0)
+        await upgraded.save_token(disabled)
+        assert (await upgraded.tokens())["fp1"] == disabled
 
 
 async def test_a_newer_database_is_refused(tmp_path: Path) -> None:

@@ -161,6 +161,26 @@ async def test_saving_a_token_inserts_or_replaces(store: Store) -> None:
     assert len(await store.tokens()) == 2
 
 
+async def test_a_token_keeps_why_it_is_invalid_or_disabled(backing: Backing) -> None:
+    refused = StoredToken(
+        "fp1",
+        invalid=True,
+        day_start=0.0,
+        requests_today=0,
+        invalid_reason="Discord answered 401",
+        invalid_since=7.5,
+    )
+    turned_off = StoredToken(
+        "fp2", invalid=False, day_start=0.0, requests_today=2, disabled=True, disabled_since=9.0
+    )
+    await backing.store.save_token(refused)
+    await backing.store.save_token(turned_off)
+    assert await (await backing.reopen()).tokens() == {"fp1": refused, "fp2": turned_off}
+    back_on = StoredToken("fp2", invalid=False, day_start=0.0, requests_today=2)
+    await backing.store.save_token(back_on)
+    assert (await backing.store.tokens())["fp2"] == back_on
+
+
 # Rests.
 async def test_token_rests_round_trip_and_replace(store: Store) -> None:
     assert await store.token_rests() == {}
