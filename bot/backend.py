@@ -16,6 +16,7 @@ from bot.config import AccountSettings, BackendConfig, CompletionSettings, Model
 from bot.conversations import Conversations, Plan
 from bot.gateway_state import GatewayState
 from bot.interface import (
+    UNKNOWN_TOKEN,
     BackendStatus,
     BridgeState,
     Finished,
@@ -179,7 +180,7 @@ class DiscordBackend:
     def _token(self, token_id: str) -> PoolToken:
         token = self._ledger.pool.find(token_id)
         if token is None:
-            raise UnknownToken(f"no user token has the id {token_id!r}")
+            raise UnknownToken(UNKNOWN_TOKEN)
         return token
 
     def _report(self, token: PoolToken) -> TokenReport:

@@ -181,6 +181,10 @@ class UnknownToken(BridgeError):
     code = "token_not_found"
 
 
+# The id is not repeated: an operator who pastes a token where its id belongs must not see it echoed.
+UNKNOWN_TOKEN = "no user token has that id; GET /admin/tokens lists them"
+
+
 class TokenState(enum.Enum):
     HEALTHY = "healthy"
     RESTING = "resting"  # every Coze bot it serves gave it the daily-limit notice

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from bot.config import BackendConfig, ModelSettings
 from bot.interface import (
+    UNKNOWN_TOKEN,
     BackendStatus,
     BridgeState,
     IntentMissing,
@@ -73,7 +74,7 @@ class MockBackend:
         for index, token in enumerate(self.tokens):
             if token.id == token_id:
                 return index
-        raise UnknownToken(f"no user token has the id {token_id!r}")
+        raise UnknownToken(UNKNOWN_TOKEN)
 
     def set_token_enabled(self, token_id: str, enabled: bool) -> TokenReport:
         index = self._token(token_id)

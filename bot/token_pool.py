@@ -42,6 +42,11 @@ class Pacing:
     jitter: float = 0.0
     daily_cap: int | None = None
 
+    @property
+    def paced(self) -> bool:
+        """Whether posts keep a gap, so one post at a time may be about to go out."""
+        return self.min_gap > 0 or self.jitter > 0
+
 
 @dataclass(frozen=True, slots=True)
 class TokenSpec:
@@ -72,7 +77,7 @@ class PoolToken:
     capped_at: float | None = None  # the post that reached the cap (this run only)
     back_at: float | None = None  # when it last became healthy again (this run only)
     in_flight: int = 0  # requests holding it, from their take until their reply ends
-    claimed: bool = False  # a holder is about to post with it: nobody else may
+    claimed: bool = False  # a holder is about to post with it: nobody else may (when paced)
     ready_at: float = 0.0  # its next post may not go out before this (the gap)
 
     @property
@@ -195,7 +200,7 @@ class TokenPool:
     @staticmethod
     def is_free(token: PoolToken, now: float) -> bool:
         """Below its max_in_flight, nobody about to post with it, and past its gap."""
-        return token.in_flight < token.pacing.max_in_flight and not token.claimed and now >= token.ready_at
+        return token.in_flight < token.pacing.max_in_flight and TokenPool.may_post(token, now)
 
     def choose(self, coze_bot_id: int, now: float, *, exclude: Iterable[str] = ()) -> PoolToken | None:
         """The free token with the fewest prompts in flight, then the fewest posts today (a
@@ -220,7 +225,7 @@ class TokenPool:
         times = [
             token.ready_at
             for token in self.tokens
-            if token.ready_at > now and token.in_flight < token.pacing.max_in_flight and not token.claimed
+            if token.ready_at > now and token.in_flight < token.pacing.max_in_flight and not _held(token)
         ]
         return min(times) if times else None
 
@@ -244,7 +249,7 @@ class TokenPool:
 
     @staticmethod
     def may_post(token: PoolToken, now: float) -> bool:
-        return not token.claimed and now >= token.ready_at
+        return not _held(token) and now >= token.ready_at
 
     def posted(self, token: PoolToken, now: float, *, counted: bool) -> None:
         """A post with the token ended (its parts all sent, or failed): the gap starts now."""
@@ -307,3 +312,8 @@ class TokenPool:
 
 def utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _held(token: PoolToken) -> bool:
+    # Unpaced posts need no turns: serialising them would cap a token at one post per round trip.
+    return token.claimed and token.pacing.paced

@@ -237,6 +237,9 @@ async def test_a_patch_turns_a_token_off_and_on_and_an_unknown_id_is_404(tmp_pat
         ]:
             status, body, _ = await admin.call(method, unknown, **kwargs)
             assert status == 404
+            assert unknown.split("/")[3] not in body["error"]["message"], (
+                "an id (a pasted token?) is not echoed"
+            )
             assert body["error"] | {"message": ""} == {
                 "message": "",
                 "type": "invalid_request_error",
