@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 
 from bot.answer import Answering, prompt_messages
 from bot.config import AccountSettings, BackendConfig, CompletionSettings, ModelSettings
@@ -298,6 +299,7 @@ class DiscordBackend:
                         self._conversations.finished(
                             request, model.name, thread_id, event.content, self._clock()
                         )
+                        event = replace(event, continued=plan.thread_id is not None)
                     yield event
         finally:
             self._router.close(inbox)

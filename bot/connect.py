@@ -15,6 +15,7 @@ from bot.conversations import Conversations
 from bot.gateway import Gateway
 from bot.gateway_state import GatewayState
 from bot.housekeeping import housekeeping_loop
+from bot.interface import ImageKeeper
 from bot.ledger import Ledger
 from bot.posting import Posting
 from bot.proxy import configured, connector
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
-async def open_backend(config: BackendConfig) -> AsyncIterator[DiscordBackend]:
+async def open_backend(
+    config: BackendConfig, *, images: ImageKeeper | None = None
+) -> AsyncIterator[DiscordBackend]:
     """Log in to Discord, start the gateway, yield the backend; close everything on exit."""
     settings = config.discord
     bot_token = settings.bot_token.get_secret_value()

@@ -100,6 +100,8 @@ class Finished:
     content: str
     suggestions: tuple[str, ...] = ()
     images: tuple[str, ...] = ()  # image URLs in the reply, also linked at the end of `content`
+    # Whether the request went on in an existing conversation's thread (False: a new thread).
+    continued: bool = False
 
 
 ReplyEvent = TextDelta | Idle | Queued | Finished
@@ -179,6 +181,12 @@ class UnknownToken(BridgeError):
     """No user token in the pool has that id (admin endpoints)."""
 
     code = "token_not_found"
+
+
+class UnknownConversation(BridgeError):
+    """The caller has no conversation with that id (another key's conversations count as none)."""
+
+    code = "conversation_not_found"
 
 
 # The id is not repeated: an operator who pastes a token where its id belongs must not see it echoed.
@@ -264,6 +272,27 @@ class BackendStatus:
     state_since: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ConversationInfo:
+    """One of a caller's conversations, as GET /v1/conversations lists it."""
+
+    id: str  # the conversation id the caller pinned, or the thread's latest history key
+    model: str
+    thread_id: int
+    created: datetime
+    last_used: datetime
+    turns: int  # exchanges finished in it
+
+
+class ImageKeeper(Protocol):
+    """Keeps images from Coze's replies beyond the life of Discord's signed links."""
+
+    async def keep(self, url: str) -> str:
+        """The URL to give the caller for a Discord image URL: a lasting one of the bridge's, or
+        `url` itself when it cannot be kept (the answer never waits long or fails for this)."""
+        ...
+
+
 class Backend(Protocol):
     @property
     def state(self) -> BridgeState: ...
@@ -301,6 +330,15 @@ class Backend(Protocol):
         Raises `UnknownToken`."""
         ...
 
+    async def conversations(self, caller: str) -> Sequence[ConversationInfo]:
+        """The conversations of this caller (`PromptRequest.caller`), most recently used first."""
+        ...
+
+    async def forget_conversation(self, caller: str, conversation_id: str) -> None:
+        """Forget one of the caller's conversations and archive its thread; `UnknownConversation`
+        when the caller has none with that id."""
+        ...
+
     async def check_token(self, token_id: str) -> TokenReport:
         """Ask Discord about the token now (`/users/@me`, nothing posted) and report the outcome:
         401/403 marks it invalid with the reason, a pass makes an invalid token healthy again.
@@ -321,10 +359,14 @@ class StartupError(Exception):
     """The bridge cannot start (bad token, Discord unreachable); the message is safe to print."""
 
 
-def open_discord_backend(config: BackendConfig) -> AbstractAsyncContextManager[Backend]:
-    """Log in to Discord and start the gateway; the backend closes everything on exit."""
+def open_discord_backend(
+    config: BackendConfig, *, images: ImageKeeper | None = None
+) -> AbstractAsyncContextManager[Backend]:
+    """Log in to Discord and start the gateway; the backend closes everything on exit.
+
+    `images` keeps the images of Coze's replies (None: their Discord URLs are passed on)."""
     # Imported here: the Discord side (discord.py and all) loads only for a real backend, and
     # it imports this module itself.
     from bot.connect import open_backend
 
-    return open_backend(config)
+    return open_backend(config, images=images)

@@ -16,6 +16,7 @@ from bot.interface import (
     UNKNOWN_TOKEN,
     BackendStatus,
     BridgeState,
+    ConversationInfo,
     IntentMissing,
     Limits,
     NotReady,
@@ -25,6 +26,7 @@ from bot.interface import (
     ServerShutdown,
     TokenReport,
     TokenState,
+    UnknownConversation,
     UnknownToken,
 )
 
@@ -54,6 +56,7 @@ class MockBackend:
         self.tokens: list[TokenReport] = []
         self.queue = QueueStatus()
         self.configs: list[BackendConfig] = []  # every `reconfigure`, in order
+        self.conversation_list: dict[str, list[ConversationInfo]] = {}  # caller -> theirs
         self._stopping = asyncio.Event()
 
     def status(self) -> BackendStatus:
@@ -69,6 +72,16 @@ class MockBackend:
     def reconfigure(self, config: BackendConfig) -> None:
         self.configs.append(config)
         self.models = tuple(config.model_routes)
+
+    async def conversations(self, caller: str) -> Sequence[ConversationInfo]:
+        return sorted(self.conversation_list.get(caller, []), key=lambda c: c.last_used, reverse=True)
+
+    async def forget_conversation(self, caller: str, conversation_id: str) -> None:
+        theirs = self.conversation_list.get(caller, [])
+        kept = [c for c in theirs if c.id != conversation_id]
+        if len(kept) == len(theirs):
+            raise UnknownConversation("no conversation of yours has that id")
+        self.conversation_list[caller] = kept
 
     def _token(self, token_id: str) -> int:
         for index, token in enumerate(self.tokens):

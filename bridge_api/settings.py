@@ -86,6 +86,14 @@ class ApiSettings(BaseModel):
 
     # "error": an unknown model is 404 model_not_found; "first": the first model answers it.
     unknown_model: Literal["error", "first"] = "error"
+    # GET / serves the status page (behind api.admin_keys); false turns it off.
+    status_page: bool = True
+    # A model answered at once without Discord, for gateways' channel tests ("" turns it off).
+    health_model: str = "bridge-health"
+    # The bridge's address as callers reach it (e.g. "https://bridge.example.com"): with it,
+    # images in answers link to the bridge's own lasting copies instead of Discord's expiring
+    # links. None: Discord's links, as they come.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
 
 class ImageSettings(BaseModel):
@@ -98,6 +106,10 @@ class ImageSettings(BaseModel):
     allow_private_networks: bool = False
     # The proxy for image fetches: None follows discord.proxy, "" fetches directly.
     proxy: SecretStr | None = None
+    # Where copies of the images in Coze's replies are kept (with api.public_url set), and how
+    # many MiB they may take; the oldest go first.
+    cache_dir: Path = Path("data/images")
+    cache_mb: int = Field(default=512, ge=1)
 
 
 class LogSettings(BaseModel):
