@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import replace
@@ -15,6 +16,7 @@ from bot.interface import (
     CozeBusy,
     Finished,
     ImageFile,
+    ImageKeeper,
     PromptTooLong,
     ReplyEvent,
     TextDelta,
@@ -84,10 +86,13 @@ class Answering:
                 chunks, files = [f"{mention} {CONTINUE_PROMPT}"], []
                 continue
             text = transcript.shown(finished.content, final=True, hide_ellipsis=False)
-            content = with_image_links(text, images)
+            # The links at the end wait (a few seconds at most) for the bridge's lasting copies.
+            lasting = await kept(self._parts.images, linked_images(text, images))
+            content = with_image_links(text, [lasting.get(url, url) for url in images])
             if rest := transcript.delta(content):
                 yield TextDelta(rest)
-            yield replace(finished, content=content, images=tuple(dict.fromkeys(images)))
+            shown = tuple(dict.fromkeys(lasting.get(url, url) for url in images))
+            yield replace(finished, content=content, images=shown)
             return
 
     async def _exchange(
@@ -170,6 +175,19 @@ def prompt_messages(turns: Sequence[ChatTurn], model: ModelSettings, limit: int)
             "may be posted for one request. Shorten the messages or start a new conversation."
         )
     return chunks
+
+
+def linked_images(text: str, urls: Iterable[str]) -> list[str]:
+    """The images `with_image_links` appends: those not already in the text, once each."""
+    return [url for url in dict.fromkeys(urls) if url not in text]
+
+
+async def kept(keeper: ImageKeeper | None, urls: Sequence[str]) -> dict[str, str]:
+    """The lasting URL of each image, all asked at once (the keeper bounds its own wait)."""
+    if keeper is None or not urls:
+        return {}
+    lasting = await asyncio.gather(*(keeper.keep(url) for url in urls))
+    return dict(zip(urls, lasting, strict=True))
 
 
 def with_image_links(text: str, urls: Iterable[str]) -> str:

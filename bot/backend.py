@@ -20,7 +20,9 @@ from bot.interface import (
     UNKNOWN_TOKEN,
     BackendStatus,
     BridgeState,
+    ConversationInfo,
     Finished,
+    ImageKeeper,
     Limits,
     NotReady,
     PromptRequest,
@@ -77,6 +79,7 @@ class DiscordBackend:
         checker: Accounts,
         roster: Roster,
         on_models: Callable[[frozenset[int]], None] = lambda ids: None,
+        images: ImageKeeper | None = None,
     ) -> None:
         self._models = list(models)
         self._completion = completion
@@ -99,7 +102,7 @@ class DiscordBackend:
         self._stopping = Stopping()
         # A reply that waited out an outage restarts its quiet period when the gateway returns.
         gateway.on_return(router.wake_all)
-        parts = ReplyParts(completion, gateway, router, posting, ledger, clock, self._stopping)
+        parts = ReplyParts(completion, gateway, router, posting, ledger, clock, self._stopping, images)
         self._answering = Answering(parts, Probing(parts))
         self._checks = TokenChecks(
             ledger,
@@ -196,6 +199,13 @@ class DiscordBackend:
         token = self._token(token_id)
         await self._checks.check(token)
         return self._report(token)
+
+    async def conversations(self, caller: str) -> Sequence[ConversationInfo]:
+        return await self._conversations.listed(caller)
+
+    async def forget_conversation(self, caller: str, conversation_id: str) -> None:
+        # Forgotten now; housekeeping archives the thread (bot.housekeeping.archive_dismissed).
+        await self._conversations.dismiss(caller, conversation_id)
 
     def busy_threads(self) -> set[int]:
         return {inbox.channel_id for inbox in self._router.open_inboxes()}

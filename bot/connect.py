@@ -97,6 +97,7 @@ async def open_backend(
             checker=rest,
             roster=tokens_of,
             on_models=gateway.set_coze_bot_ids,
+            images=images,
         )
         gateway.on_resync = backend.resync
         try:

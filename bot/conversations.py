@@ -7,6 +7,10 @@ Keys are hashes of the history, so the database never holds the text itself.
 
 Writes are write-behind: the reply's last bytes never wait for storage. Until a write is
 durable its mapping is kept in memory, so a follow-up that comes at once still finds it.
+
+A caller lists its conversations (by a fingerprint of its API key) and forgets one: it is
+forgotten at once, and its thread queued for housekeeping to archive once its request in
+flight, if any, is over.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import sys
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
-from bot.interface import ChatTurn, ConversationBusy, PromptRequest
-from bot.store import Store
+from bot.interface import ChatTurn, ConversationBusy, ConversationInfo, PromptRequest, UnknownConversation
+from bot.store import Store, StoredConversation
 from bot.tasks import TaskSet
 
 ROLES = {"developer": "system", "function": "tool"}
@@ -37,6 +44,11 @@ def history_key(model: str, turns: Sequence[ChatTurn], *, caller: str = "", user
 
 def named_key(model: str, conversation: str, *, caller: str = "") -> str:
     return "n:" + _digest([model, caller, conversation])
+
+
+def caller_fingerprint(caller: str) -> str:
+    """What the store keeps of an API key to know whose a conversation is: a digest, never the key."""
+    return hashlib.sha256(b"coze-bridge caller\0" + caller.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _digest(value: object) -> str:
@@ -68,10 +80,26 @@ class Conversations:
         # What the store does not show yet: exchanges not yet written, threads not yet forgotten.
         self._unwritten: dict[str, int] = {}
         self._forgetting: set[int] = set()
+        self._pending: set[asyncio.Task[Any]] = set()
+        # Threads a caller forgot, until archived: thread -> the key its requests hold.
+        self._dismissed: dict[int, str] = {}
+        self._to_archive: list[int] = []
+        self._dismissal = asyncio.Event()
+
+    def _write(self, write: Coroutine[Any, Any, None]) -> None:
+        task = self._writes.spawn(write, name="conversation-write")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _settled(self) -> None:
+        """Wait for the writes already started (a list or a forget sees every finished exchange)."""
+        if self._pending:
+            # asyncio.wait, not gather: a caller that gives up cancels none of the writes.
+            await asyncio.wait(set(self._pending))
 
     async def _find(self, key: str) -> int | None:
         if (thread_id := self._unwritten.get(key)) is not None:
-            return thread_id
+            return None if thread_id in self._dismissed else thread_id
         try:
             thread_id = await self._store.find_conversation(key)
         except Exception as exc:
@@ -123,23 +151,25 @@ class Conversations:
 
     def started(self, thread_id: int, model: str, now: float) -> None:
         """A thread the bridge created: its own to archive once idle."""
-        self._writes.spawn(self._store.add_thread(thread_id, model, now), name="conversation-write")
+        self._write(self._store.add_thread(thread_id, model, now))
 
     def finished(self, request: PromptRequest, model: str, thread_id: int, answer: str, now: float) -> None:
         """Remember the exchange, so a request that extends it continues in its thread."""
-        if request.fresh:
-            return
+        if request.fresh or thread_id in self._dismissed:
+            return  # a thread its caller forgot while this request was in it: forgotten still
         if request.conversation is not None:
             key = named_key(model, request.conversation, caller=request.caller)
         else:
             exchange = (*request.turns, ChatTurn("assistant", answer))
             key = history_key(model, exchange, caller=request.caller, user=request.user)
         self._unwritten[key] = thread_id
-        self._writes.spawn(self._remember(key, thread_id, now), name="conversation-write")
+        owner = caller_fingerprint(request.caller)
+        self._write(self._remember(key, thread_id, now, owner, request.conversation))
 
-    async def _remember(self, key: str, thread_id: int, now: float) -> None:
+    async def _remember(self, key: str, thread_id: int, now: float, owner: str, pinned: str | None) -> None:
         try:
-            await self._store.remember(key, thread_id, now)
+            # Positional: the store's signature is the contract, fakes in tests take *args.
+            await self._store.remember(key, thread_id, now, owner, pinned)
         finally:
             if self._unwritten.get(key) == thread_id:
                 del self._unwritten[key]
@@ -155,3 +185,63 @@ class Conversations:
             await self._store.forget_thread(thread_id)
         finally:
             self._forgetting.discard(thread_id)
+
+    async def listed(self, caller: str) -> list[ConversationInfo]:
+        """The caller's conversations, most recently used first."""
+        await self._settled()
+        return [_info(stored) for stored in await self._store.conversations(caller_fingerprint(caller))]
+
+    async def dismiss(self, caller: str, conversation_id: str) -> None:
+        """Forget the caller's conversation with that id (another caller's is none of its own),
+        and queue its thread for archiving; `UnknownConversation` when it has none."""
+        await self._settled()
+        found = await self._store.find_listed(caller_fingerprint(caller), conversation_id)
+        if not found:
+            raise UnknownConversation(
+                "You have no conversation with that id; GET /v1/conversations lists yours."
+            )
+        for stored in found:
+            # The key its requests hold: the archive waits for the one in flight.
+            lock = (
+                named_key(stored.model, stored.id, caller=caller)
+                if stored.pinned
+                else f"t:{stored.thread_id}"
+            )
+            self._dismissed[stored.thread_id] = lock
+            try:
+                await self.forget(stored.thread_id)
+            except BaseException:
+                # Still remembered: archived, its conversation would go on in an archived thread.
+                del self._dismissed[stored.thread_id]
+                raise
+            self._to_archive.append(stored.thread_id)
+            self._dismissal.set()
+
+    async def wait_dismissed(self) -> None:
+        """Return once a thread waits to be archived."""
+        await self._dismissal.wait()
+
+    def take_dismissed(self) -> list[int]:
+        """The threads forgotten by their callers since the last take, to archive."""
+        self._dismissal.clear()
+        taken, self._to_archive = self._to_archive, []
+        return taken
+
+    def quiet(self, thread_id: int) -> AbstractAsyncContextManager[None]:
+        """Hold a dismissed thread's conversation: entered once its request in flight is over."""
+        return self.hold(self._dismissed[thread_id], max_waiting=sys.maxsize)
+
+    def archived(self, thread_id: int) -> None:
+        """A dismissed thread is archived (or given up on): nothing more to keep of it."""
+        self._dismissed.pop(thread_id, None)
+
+
+def _info(stored: StoredConversation) -> ConversationInfo:
+    return ConversationInfo(
+        id=stored.id,
+        model=stored.model,
+        thread_id=stored.thread_id,
+        created=datetime.fromtimestamp(stored.created, UTC),
+        last_used=datetime.fromtimestamp(stored.last_used, UTC),
+        turns=stored.turns,
+    )

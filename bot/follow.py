@@ -149,22 +149,43 @@ class LimitNotice(Exception):
         self.reply = reply
 
     def error(self) -> CozeLimited | ModelLimited:
-        notice = f"Coze: {self.reply.content.strip()}"
+        notice = coze_notice(self.reply.content)
         if self.trouble is Trouble.CREATOR_LIMIT:
-            return ModelLimited(notice, posted=True)
-        return CozeLimited(notice, posted=True)
+            return ModelLimited(
+                "the Coze bot's owner has reached Coze's message limit", posted=True, notice=notice
+            )
+        return CozeLimited(
+            "the user token has reached its daily limit of Coze messages", posted=True, notice=notice
+        )
+
+
+# Coze's notices are a sentence or two; a reply that starts like one may go on for pages.
+NOTICE_CHARS = 1000
+
+
+def coze_notice(text: str) -> str:
+    """Coze's notice as errors carry it (`BridgeError.notice`): whole, unless a caller made it long."""
+    text = text.strip()
+    return text if len(text) <= NOTICE_CHARS else text[:NOTICE_CHARS] + "..."
 
 
 def _checked(finished: Finished, asked: str) -> Finished:
     """A finished reply, unless it is Coze's trouble notice: then the matching error."""
     trouble = classify(finished.content, asked=asked)
-    notice = f"Coze: {finished.content.strip()}"
     if trouble in (Trouble.DAILY_LIMIT, Trouble.CREATOR_LIMIT):
         raise LimitNotice(trouble, finished)
     if trouble is Trouble.BUSY:
-        raise CozeBusy(notice, posted=True)
+        raise CozeBusy(
+            "Coze is busy (too many users) and did not answer",
+            posted=True,
+            notice=coze_notice(finished.content),
+        )
     if trouble is Trouble.UPSTREAM:
-        raise UpstreamError(notice, posted=True)
+        raise UpstreamError(
+            "Coze answered with an error notice instead of a reply",
+            posted=True,
+            notice=coze_notice(finished.content),
+        )
     if trouble is Trouble.REFUSAL:
         return replace(finished, reason="content_filter")
     return finished

@@ -111,16 +111,26 @@ class BridgeError(Exception):
     """A failure the API turns into an OpenAI-shaped error.
 
     `posted` says whether the prompt already reached Discord: a client retry would then post it
-    twice, so the API forbids retries for those.
+    twice, so the API forbids retries for those. `notice` is Coze's own text, if it sent one: it
+    may say anything (a caller can dictate it), so it never goes into `message`, whose words
+    gateways such as one-api read to switch a channel off.
     """
 
     code = "bridge_error"
 
-    def __init__(self, message: str, *, posted: bool = False, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        posted: bool = False,
+        retry_after: float | None = None,
+        notice: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.posted = posted
         self.retry_after = retry_after
+        self.notice = notice
 
 
 class NotReady(BridgeError):
@@ -136,13 +146,13 @@ class ReplyTimeout(BridgeError):
 
 
 class CozeLimited(BridgeError):
-    """The posting account used up its daily Coze quota."""
+    """The posting account reached its daily limit of Coze messages."""
 
     code = "rate_limit_exceeded"
 
 
 class ModelLimited(BridgeError):
-    """The Coze bot's owner ran out of credits."""
+    """The Coze bot's owner reached Coze's message limit."""
 
     code = "model_rate_limited"
 

@@ -111,7 +111,7 @@ class Ledger:
         until = self.pool.rest(token, model.coze_bot_id, now)
         self._persist(self._store.rest_token(token.fingerprint, model.coze_bot_id, until))
         log.warning(
-            "%s has used up its Coze quota for '%s'; resting until %s",
+            "%s has reached its daily limit of Coze messages for '%s'; resting until %s",
             token.masked,
             model.name,
             utc(until).isoformat(timespec="minutes"),
@@ -140,12 +140,17 @@ class Ledger:
         posted: bool,
         notice: str | None = None,
     ) -> BridgeError:
-        """Why no token can post for `model`: its Coze bot rests, or every token does."""
+        """Why no token can post for `model`: its Coze bot rests, or every token does.
+
+        `notice` is what Coze said, if it said why; it stays out of the message (see `BridgeError`).
+        """
         if until := self.pool.model_resting_until(model.coze_bot_id, now):
             return ModelLimited(
-                f"the Coze bot behind '{model.name}' is out of credits until {utc(until):%H:%M} UTC",
+                f"the owner of the Coze bot behind '{model.name}' has reached Coze's message limit; "
+                f"it answers again at {utc(until):%H:%M} UTC",
                 posted=posted,
                 retry_after=until - now,
+                notice=notice,
             )
         return self.all_resting(model, now, posted=posted, notice=notice)
 
@@ -154,20 +159,22 @@ class Ledger:
     ) -> CozeLimited:
         # Tokens this answer spent count too: a rest they took just now ends at the reset.
         until = self.pool.earliest_return(model.coze_bot_id, now)
-        lead, tail = (f"{notice} (", ")") if notice else ("", "")
         if until is None:
-            return CozeLimited(f"{lead}no valid user token can post to '{model.name}'{tail}", posted=posted)
+            return CozeLimited(
+                f"no valid user token can post to '{model.name}'", posted=posted, notice=notice
+            )
         capped = any(self.pool.capped_until(token, now) for token in self.pool.tokens)
         spent_on = (
-            "made its daily_cap of posts or used up today's Coze quota"
+            "made its daily_cap of posts or reached its daily limit of Coze messages"
             if capped
-            else "used up today's Coze quota"
+            else "reached its daily limit of Coze messages"
         )
         return CozeLimited(
-            f"{lead}every user token has {spent_on} for '{model.name}'; "
-            f"the first is back at {utc(until):%H:%M} UTC{tail}",
+            f"every user token has {spent_on} for '{model.name}'; "
+            f"the first is back at {utc(until):%H:%M} UTC",
             posted=posted,
             retry_after=until - now,
+            notice=notice,
         )
 
 
@@ -237,13 +244,13 @@ class Attempts:
             return 0.0
         if isinstance(exc, CozeLimited):
             # Nothing was streamed (notices are held back): the next token asks again.
-            self._notice = exc.message
+            self._notice = exc.notice
             self._ledger.rest_token(token, self._model, now)
             self._spend()
             return 0.0
         if isinstance(exc, ModelLimited):
-            exc.retry_after = self._ledger.rest_model(self._model, now) - now
-            raise exc
+            self._ledger.rest_model(self._model, now)
+            raise self._ledger.refusal(self._model, now, posted=exc.posted, notice=exc.notice) from None
         if isinstance(exc, CozeBusy):
             self._busy += 1
             if self._busy == BUSY_TRIES:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from bot.config import CompletionSettings
 from bot.gateway_state import GatewayState
+from bot.interface import ImageKeeper
 from bot.ledger import Ledger
 from bot.posting import Posting
 from bot.router import ReplyRouter
@@ -22,3 +23,5 @@ class ReplyParts:
     ledger: Ledger
     clock: Clock
     stopping: Stopping
+    # Keeps the images of replies beyond Discord's links (None: their Discord URLs are passed on).
+    images: ImageKeeper | None = None

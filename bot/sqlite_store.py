@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bot.interface import StartupError
-from bot.store import StoredToken
+from bot.store import StoredConversation, StoredToken
 
 T = TypeVar("T")
 
@@ -68,11 +68,30 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tokens ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tokens ADD COLUMN disabled_since REAL;
     """,
+    # 4: whose conversation a thread holds (a fingerprint of the API key), the id pinned, if any,
+    # and the exchanges made in it. Threads from before are nobody's: listed to no one.
+    """
+    ALTER TABLE threads ADD COLUMN caller TEXT;
+    ALTER TABLE threads ADD COLUMN pinned TEXT;
+    ALTER TABLE threads ADD COLUMN turns INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX threads_caller ON threads (caller, last_used);
+    """,
 )
 TOKEN_COLUMNS = (
     "fingerprint, invalid, day_start, requests_today, invalid_reason, invalid_since, disabled, disabled_since"
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# A caller's conversations: the threads some conversation still continues in, each with its id
+# (the pinned one, or else the latest key; updated_at ties go to the later write).
+LISTED = """
+    SELECT COALESCE(t.pinned, (
+            SELECT c.key FROM conversations c WHERE c.thread_id = t.thread_id
+            ORDER BY c.updated_at DESC, c.rowid DESC LIMIT 1
+        )), t.thread_id, t.model, t.created_at, t.last_used, t.turns, t.pinned IS NOT NULL
+    FROM threads t
+    WHERE t.caller = ? AND EXISTS (SELECT 1 FROM conversations c WHERE c.thread_id = t.thread_id)
+"""
+NEWEST_FIRST = " ORDER BY t.last_used DESC, t.thread_id DESC"
 # How long a first write waits for others to share its commit. Nobody's bytes wait on a write
 # (the bridge writes behind), so a longer window only trades a little durability for fewer
 # commits and thread hops: at a thousand open streams, one a request was a fifth of the CPU.
@@ -128,7 +147,10 @@ class SqliteStore:
     # Threads and conversations.
     async def add_thread(self, thread_id: int, model: str, now: float) -> None:
         await self._write(
-            ("INSERT OR REPLACE INTO threads VALUES (?, ?, ?, ?)", (thread_id, model, now, now))
+            (
+                "INSERT OR REPLACE INTO threads (thread_id, model, created_at, last_used) VALUES (?, ?, ?, ?)",
+                (thread_id, model, now, now),
+            )
         )
 
     async def idle_threads(self, before: float) -> list[int]:
@@ -144,17 +166,32 @@ class SqliteStore:
         rows = await self._rows("SELECT thread_id FROM conversations WHERE key = ?", key)
         return int(rows[0][0]) if rows else None
 
-    async def remember(self, key: str, thread_id: int, now: float) -> None:
-        """Map the conversation to its thread, and mark the thread used."""
+    async def remember(
+        self, key: str, thread_id: int, now: float, caller: str | None = None, pinned: str | None = None
+    ) -> None:
+        """Map the conversation to its thread, and count the exchange in the thread."""
         # Selecting the thread, not trusting the caller, makes a thread forgotten meanwhile a
         # quiet no-op instead of a foreign-key failure.
         await self._write(
-            ("UPDATE threads SET last_used = ? WHERE thread_id = ?", (now, thread_id)),
+            (
+                "UPDATE threads SET last_used = ?, caller = ?, pinned = ?, turns = turns + 1 WHERE thread_id = ?",
+                (now, caller, pinned, thread_id),
+            ),
             (
                 "INSERT OR REPLACE INTO conversations SELECT ?, thread_id, ? FROM threads WHERE thread_id = ?",
                 (key, now, thread_id),
             ),
         )
+
+    async def conversations(self, caller: str) -> list[StoredConversation]:
+        return [_conversation(row) for row in await self._rows(LISTED + NEWEST_FIRST, caller)]
+
+    async def find_listed(self, caller: str, conversation_id: str) -> list[StoredConversation]:
+        # A pinned id names its thread; a key names the unpinned thread it maps to.
+        named = """ AND (t.pinned = ? OR (t.pinned IS NULL AND t.thread_id IN (
+            SELECT thread_id FROM conversations WHERE key = ?)))"""
+        rows = await self._rows(LISTED + named + NEWEST_FIRST, caller, conversation_id, conversation_id)
+        return [_conversation(row) for row in rows]
 
     # Accounts.
     async def tokens(self) -> dict[str, StoredToken]:
@@ -235,6 +272,12 @@ class SqliteStore:
         """Wait for every queued write (before closing the connection)."""
         while self._committer is not None:
             await asyncio.shield(self._committer)
+
+
+def _conversation(row: Row) -> StoredConversation:
+    return StoredConversation(
+        row[0], int(row[1]), row[2], float(row[3]), float(row[4]), int(row[5]), pinned=bool(row[6])
+    )
 
 
 def _token(row: Row) -> StoredToken:

@@ -1,7 +1,7 @@
 """What the bridge keeps across requests and restarts, as a contract every store meets.
 
-Threads it created, the conversations continuing in them, user-token health, and rests of
-tokens and models. `bot.sqlite_store` keeps them on disk; `bot.memory_store` keeps them in dicts
+Threads it created, the conversations continuing in them (and whose they are), user-token
+health, and rests of tokens and models. `bot.sqlite_store` keeps them on disk; `bot.memory_store` keeps them in dicts
 for fast tests and as the reference. `tests/test_store_contract.py` runs one suite over both.
 """
 
@@ -27,6 +27,19 @@ class StoredToken:
     disabled_since: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredConversation:
+    """A thread as its caller's conversation (GET /v1/conversations); times in epoch seconds."""
+
+    id: str  # the id the caller pinned, or else the thread's latest conversation key
+    thread_id: int
+    model: str
+    created: float
+    last_used: float
+    turns: int  # exchanges remembered in the thread
+    pinned: bool  # `id` is an id the caller pinned (not a history key)
+
+
 class Store(Protocol):
     """Every write returns once it is durable; reads see every write that has returned."""
 
@@ -44,12 +57,24 @@ class Store(Protocol):
     async def find_conversation(self, key: str) -> int | None:
         """The thread the conversation continues in, if any."""
 
-    async def remember(self, key: str, thread_id: int, now: float) -> None:
-        """Map the key to the thread (replacing an earlier mapping) and mark the thread used.
+    async def remember(
+        self, key: str, thread_id: int, now: float, caller: str | None = None, pinned: str | None = None
+    ) -> None:
+        """Map the key to the thread (replacing an earlier mapping), mark the thread used, and
+        count one more exchange in it, made by `caller` (a fingerprint; None: listed to nobody)
+        in the conversation it `pinned` (None: one found by its history).
 
         A thread the store does not know (forgotten meanwhile) gets nothing stored, and no error:
         housekeeping may forget a thread while its last reply is still being remembered.
         """
+
+    async def conversations(self, caller: str) -> list[StoredConversation]:
+        """The threads `caller` (a fingerprint) last remembered a conversation in and that some
+        conversation still continues in, most recently used first (then the newest thread)."""
+
+    async def find_listed(self, caller: str, conversation_id: str) -> list[StoredConversation]:
+        """The caller's conversations `conversation_id` names: one it pinned with that id, or one
+        found by its history whose keys (the latest, or an earlier one) include it."""
 
     # User tokens.
     async def tokens(self) -> dict[str, StoredToken]:

@@ -10,17 +10,19 @@ from aiohttp import web
 
 from bot.interface import Backend, open_discord_backend
 from bot.proxy import ProxyUrl, configured
-from bridge_api import admin
+from bridge_api import admin, conversations_api, page
 from bridge_api.alerts import alerts_ctx
-from bridge_api.appkeys import BACKEND, CONFIG, HTTP_CLIENT, METRICS
+from bridge_api.appkeys import BACKEND, CONFIG, HTTP_CLIENT, IMAGES, METRICS, RECENT
 from bridge_api.chat import chat_completions
 from bridge_api.deadlines import GuardedSite
+from bridge_api.image_cache import image_cache_ctx, serve_image
 from bridge_api.imagegen import image_generations
 from bridge_api.info import get_model, healthz, list_models, metrics_endpoint, readyz, status
 from bridge_api.live import LiveConfig, Load
 from bridge_api.metrics import Metrics
 from bridge_api.middleware import add_common_headers, bridge_middleware
 from bridge_api.outbound import Outbound, is_refused
+from bridge_api.recent import Recent
 from bridge_api.settings import ApiSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,10 @@ def make_app(
     app = web.Application(client_max_size=settings.api.max_body_bytes, middlewares=[bridge_middleware])
     app[CONFIG] = LiveConfig(settings, reload)
     app[METRICS] = Metrics()
+    app[RECENT] = Recent()
     app.on_response_prepare.append(add_common_headers)
     app.cleanup_ctx.append(_http_client)
+    app.cleanup_ctx.append(image_cache_ctx)  # fetches with the client; the backend keeps with it
     app.cleanup_ctx.append(_backend_context(settings, port, backend))
     app.cleanup_ctx.append(alerts_ctx)
     app.on_shutdown.append(_end_open_streams)
@@ -48,10 +52,14 @@ def make_app(
         app.router.add_get(f"{prefix}/status", status)
         app.router.add_get(f"{prefix}/models", list_models)
         app.router.add_get(f"{prefix}/models/{{model_id}}", get_model)
+    # Kept images: the name is checked against the cache's own, so no path reaches beyond it.
+    app.router.add_get("/images/{name}", serve_image)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     admin.add_routes(app)
+    conversations_api.add_routes(app)
+    page.add_routes(app)
     return app
 
 
@@ -69,7 +77,9 @@ def _backend_context(
             app[BACKEND] = given
             yield
             return
-        async with open_discord_backend(settings) as backend:
+        # Without api.public_url, Discord's image links are passed on as they come.
+        images = app[IMAGES] if settings.api.public_url else None
+        async with open_discord_backend(settings, images=images) as backend:
             app[BACKEND] = backend
             log.info("bridge API on port %d, Discord at %s", port, settings.discord.api_base)
             yield

@@ -17,6 +17,8 @@ from bridge_api.appkeys import (
     API_KEY,
     BACKEND,
     CONFIG,
+    CONTINUED,
+    ERROR_CODE,
     FIRST_TOKEN,
     HTTP_CLIENT,
     IN_BAND_ERROR,
@@ -30,6 +32,7 @@ from bridge_api.chunks import DONE, PING, ChunkStream, completion_body, queued, 
 from bridge_api.deadlines import read_body
 from bridge_api.errors import APIError, server_error
 from bridge_api.flood import caller_of
+from bridge_api.health_model import health_answer, is_health_model
 from bridge_api.image_input import load_images
 from bridge_api.model_access import pinned, resolve_model
 from bridge_api.schemas import ChatRequest, parse_body
@@ -49,6 +52,9 @@ SSE_HEADERS = {
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     chat = parse_body(ChatRequest, await read_json(request))
     request[MODEL] = chat.model
+    if is_health_model(request, chat.model):
+        # Before the rate limit: a gateway testing its channel must never be shut out by it.
+        return health_answer(request, chat, SSE_HEADERS)
     route = resolve_model(request, chat.model)
     backend = request.app[BACKEND]
     require_ready(backend)
@@ -88,6 +94,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if chat.stream:
         return await _stream(request, backend, chat, prompt, ChunkStream(completion_id, created, chat.model))
     finished = await collect_reply(request, backend, prompt)
+    request[CONTINUED] = finished.continued
     counts = request[USAGE] = usage(_prompt_text(prompt), finished.content)
     return web.json_response(completion_body(completion_id, created, chat.model, finished, counts))
 
@@ -164,6 +171,7 @@ async def _stream(
                     await response.write(queued(event.ahead))
                 else:
                     # The end in one write, before the backend's iterator is closed.
+                    request[CONTINUED] = event.continued
                     ending = chunks.finish(event.reason)
                     counts = request[USAGE] = usage(_prompt_text(prompt), event.content)
                     if chat.include_usage:
@@ -187,6 +195,8 @@ async def _stream(
     if error is not None:
         # After the headers, the only way to report is in-band; the stream still ends cleanly.
         request[IN_BAND_ERROR] = error.status
+        if error.code:
+            request[ERROR_CODE] = error.code
         notice = b""
         if request.app[CONFIG].now.settings.api.stream_errors_as_content:
             notice = chunks.content(readable_notice(error, datetime.now(UTC)))
@@ -196,8 +206,11 @@ async def _stream(
 
 
 def readable_notice(error: APIError, now: datetime) -> str:
-    """The error as a line a person reads in a chat window."""
+    """The error as a line a person reads in a chat window (Coze's own words first, if any:
+    this is content, which gateways do not read for words that switch a channel off)."""
     text = f"[coze-discord-bridge] {error.message}"
+    if error.coze_notice:
+        text = f"[coze-discord-bridge] Coze: {error.coze_notice} ({error.message})"
     if (wait := error.headers.get("Retry-After")) is not None:
         at = now + timedelta(seconds=int(wait))
         text += f" (retry after {at:%H:%M} UTC)"

@@ -20,6 +20,7 @@ from bot.interface import (
     ReplyTimeout,
     SendFailed,
     ServerShutdown,
+    UnknownConversation,
     UnknownToken,
     UpstreamError,
 )
@@ -41,9 +42,32 @@ BRIDGE_STATUS: dict[type[BridgeError], int] = {
     ConversationBusy: 429,
     Overloaded: 503,
     UnknownToken: 404,
+    UnknownConversation: 404,
 }
 # The request field a bridge failure is about, where it is one.
 BRIDGE_PARAM: dict[type[BridgeError], str] = {PromptTooLong: "messages"}
+# Words in `error.message` on which one-api or new-api switch a channel off for good (their
+# checks differ in case; this one ignores it). The bridge's own messages avoid them, and text it
+# does not write (Coze's, a caller's) goes elsewhere when it holds one.
+SWITCH_OFF_WORDS = (
+    "credit",
+    "balance",
+    "quota",
+    "permission denied",
+    "organization has been",
+    "access was terminated",
+    "violation of our policies",
+    "api key not valid",
+    "api key expired",
+    "security token included in the request is invalid",
+    "operation not allowed",
+    "account is not authorized",
+)
+
+
+def switches_gateways_off(text: str) -> bool:
+    lowered = text.lower()
+    return any(word in lowered for word in SWITCH_OFF_WORDS)
 
 
 class APIError(Exception):
@@ -57,6 +81,7 @@ class APIError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        coze_notice: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -64,13 +89,18 @@ class APIError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or {}
+        # Coze's own words, outside `message` (which gateways read): see `BridgeError.notice`.
+        self.coze_notice = coze_notice
 
     @property
     def type(self) -> str:
         return TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        if self.coze_notice is not None:
+            error["coze_notice"] = self.coze_notice
+        return {"error": error}
 
     def response(self) -> web.Response:
         return web.Response(
@@ -94,6 +124,7 @@ class APIError(Exception):
             code=exc.code,
             param=BRIDGE_PARAM.get(type(exc)),
             headers=headers,
+            coze_notice=exc.notice,
         )
 
     @classmethod

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import Field
 
 from bot.interface import ChatTurn, PromptRequest
-from bridge_api.appkeys import BACKEND, CONFIG, HTTP_CLIENT, MODEL, REQUEST_ID
+from bridge_api.appkeys import BACKEND, CONFIG, HTTP_CLIENT, IMAGES, MODEL, REQUEST_ID
 from bridge_api.chat import collect_reply, read_json, refuse_floods, require_ready
 from bridge_api.errors import APIError
 from bridge_api.image_input import ImageProblem, fetch, sniff
@@ -57,10 +57,12 @@ async def image_generations(request: web.Request) -> web.Response:
     candidates = list(dict.fromkeys([*finished.images, *MARKDOWN_IMAGE.findall(finished.content)]))
     images = await _fetch_images(request, candidates[:MAX_CANDIDATES], ask.n)
     if not images:
+        # Coze's text may say anything (a caller can dictate it): not in the message gateways read.
         raise APIError(
             502,
-            f"The Coze bot answered without an image: {finished.content[:300]!r}",
+            "The Coze bot answered without an image; its text is in coze_notice.",
             code="no_image",
+            coze_notice=finished.content.strip()[:1000],
         )
     if ask.response_format == "url":
         data = [{"url": url, "revised_prompt": ask.prompt} for url, _ in images]
@@ -78,11 +80,17 @@ async def _fetch_images(request: web.Request, urls: list[str], n: int) -> list[t
     back to the caller, never what some URL in the text returns.
     """
     client = request.app[HTTP_CLIENT]
+    cache = request.app.get(IMAGES)
     limit = request.app[CONFIG].now.settings.api.max_image_bytes
     images: list[tuple[str, bytes]] = []
     for url in urls:
         if len(images) == n:
             break
+        # The answer links to the bridge's own copy when it kept one: read from its folder.
+        kept = await cache.read(url) if cache is not None else None
+        if kept is not None:
+            images.append((url, kept))
+            continue
         try:
             raw = await fetch(client, url, limit)
         except ImageProblem as exc:

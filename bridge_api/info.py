@@ -10,9 +10,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.interface import MESSAGE_CONTENT_SWITCH, BridgeState, IntentMissing, TokenReport, TokenState
-from bridge_api.appkeys import BACKEND, METRICS
-from bridge_api.errors import APIError
-from bridge_api.model_access import visible_models
+from bridge_api.appkeys import BACKEND, CONFIG, METRICS
+from bridge_api.model_access import model_not_found, visible_models
 
 # OpenAI's model objects carry a creation time; ours is when the process started.
 STARTED = int(time.time())
@@ -22,14 +21,22 @@ def _model(model_id: str) -> dict[str, object]:
     return {"id": model_id, "object": "model", "created": STARTED, "owned_by": "coze-discord-bridge"}
 
 
+def _listed(request: web.Request) -> list[str]:
+    """The caller's models, then the health model (any key may use it), each once."""
+    names = visible_models(request)
+    if health := request.app[CONFIG].now.settings.api.health_model:
+        names.append(health)
+    return list(dict.fromkeys(names))
+
+
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": [_model(name) for name in visible_models(request)]})
+    return web.json_response({"object": "list", "data": [_model(name) for name in _listed(request)]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     model_id = request.match_info["model_id"]
-    if model_id not in visible_models(request):
-        raise APIError(404, f"The model '{model_id}' does not exist.", code="model_not_found", param="model")
+    if model_id not in _listed(request):
+        raise model_not_found(model_id)
     return web.json_response(_model(model_id))
 
 

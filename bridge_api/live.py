@@ -38,8 +38,12 @@ AT_RESTART = (
     "api.port",
     "api.max_body_bytes",
     "api.header_timeout_seconds",
+    "api.public_url",
     "images.proxy",
     "images.allow_private_networks",
+    # The image cache is opened once, with its folder and bound.
+    "images.cache_dir",
+    "images.cache_mb",
 )
 
 

@@ -14,10 +14,13 @@ from aiohttp import web
 from bridge_api.appkeys import (
     API_KEY,
     CONFIG,
+    CONTINUED,
+    ERROR_CODE,
     FIRST_TOKEN,
     IN_BAND_ERROR,
     METRICS,
     MODEL,
+    RECENT,
     REQUEST_ID,
     STARTED,
     USAGE,
@@ -25,17 +28,22 @@ from bridge_api.appkeys import (
 from bridge_api.bearer import matches_any, presented_key
 from bridge_api.errors import APIError, server_error
 from bridge_api.logs import current_request_id
+from bridge_api.recent import Served
 
 log = logging.getLogger("coze_bridge.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Routes anyone may call: a kept image's unguessable name is its key (bridge_api.image_cache).
+OPEN_ROUTES = frozenset({"/images/{name}"})
 # Behind admin keys of their own (bridge_api.admin): caller keys neither open nor are needed there,
 # and no other origin may read them.
 ADMIN_PREFIX = "/admin/"
+# The status page (bridge_api.page), behind the admin keys too; its files and data are under ADMIN_PREFIX.
+PAGE_PATH = "/"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-CORS_METHODS = "GET, POST, OPTIONS"
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"  # DELETE: /v1/conversations/{id}
 # A caller's path or model name, as logged: no forged log lines, no megabyte lines.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 LOGGED_CHARS = 200
@@ -66,18 +74,24 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
             _check_form(request)
             response = await handler(request)
     except APIError as exc:
-        response = exc.response()
+        response = _failed(request, exc)
     except web.HTTPException as exc:
-        response = APIError.from_http(exc).response()
+        response = _failed(request, APIError.from_http(exc))
     except ConnectionResetError:
         # The client went away mid-response: nothing more can be written, nothing failed here.
         _record(request, CLIENT_GONE, started)
         raise
     except Exception:
         log.exception("request failed")
-        response = server_error().response()
+        response = _failed(request, server_error())
     _record(request, request.get(IN_BAND_ERROR, response.status), started)
     return response
+
+
+def _failed(request: web.Request, error: APIError) -> web.Response:
+    if error.code is not None:
+        request[ERROR_CODE] = error.code
+    return error.response()
 
 
 def loggable(text: str) -> str:
@@ -95,14 +109,17 @@ def _record(request: web.Request, status: int, started: float) -> None:
     metrics.requests.labels(route, str(status)).inc()
     metrics.duration.labels(route).observe(elapsed)
     first = request.get(FIRST_TOKEN)
-    to_first = first - started if first is not None else None
+    to_first = round(first - started, 3) if first is not None else None
+    path = loggable(request.path)
+    model = loggable(request[MODEL]) if MODEL in request else None
+    key = key_fingerprint(request[API_KEY]) if API_KEY in request else None
     fields = {
         "method": request.method,
-        "path": loggable(request.path),
+        "path": path,
         "status": status,
-        "model": loggable(request.get(MODEL, "-")),
-        "key": key_fingerprint(request[API_KEY]) if API_KEY in request else "-",
-        "first_token_seconds": round(to_first, 3) if to_first is not None else None,
+        "model": model if model is not None else "-",
+        "key": key or "-",
+        "first_token_seconds": to_first,
         "duration_seconds": round(elapsed, 3),
         # Estimated like the usage the response reports (None for requests without an answer).
         "prompt_tokens": counts["prompt_tokens"] if (counts := request.get(USAGE)) else None,
@@ -119,6 +136,33 @@ def _record(request: web.Request, status: int, started: float) -> None:
             "tokens": f"{counts['prompt_tokens']}+{counts['completion_tokens']}" if counts else "-",
         },
         extra=fields,
+    )
+    if not _is_operator_request(request):
+        recent = request.app[RECENT]
+        recent.record(
+            Served(
+                at=recent.clock(),
+                method=request.method,
+                path=path,
+                status=status,
+                code=request.get(ERROR_CODE),
+                key=key,
+                model=model,
+                first_token_seconds=to_first,
+                duration_seconds=round(elapsed, 3),
+                continued=request.get(CONTINUED),
+            )
+        )
+
+
+def _is_operator_request(request: web.Request) -> bool:
+    # The status page's own polling, probes and scrapes would push the callers' requests out.
+    # So would the images that answers link to, fetched by whoever reads them.
+    return (
+        is_admin_route(request)
+        or request.path in OPEN_PATHS
+        or _is_open_route(request)
+        or _is_preflight(request)
     )
 
 
@@ -149,7 +193,15 @@ async def add_common_headers(request: web.Request, response: web.StreamResponse)
 def is_admin_route(request: web.Request) -> bool:
     # The route matched, not the raw path, which could be made to start with the prefix.
     resource = request.match_info.route.resource
-    return resource is not None and resource.canonical.startswith(ADMIN_PREFIX)
+    return resource is not None and (
+        resource.canonical.startswith(ADMIN_PREFIX) or resource.canonical == PAGE_PATH
+    )
+
+
+def _is_open_route(request: web.Request) -> bool:
+    # The route matched, as for the admin routes: "/images/generations" stays behind the keys.
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical in OPEN_ROUTES
 
 
 def _is_preflight(request: web.Request) -> bool:
@@ -192,7 +244,7 @@ def _check_key(request: web.Request) -> None:
     presented = presented_key(request)
     if presented is not None:
         request[API_KEY] = presented
-    if not keys or request.path in OPEN_PATHS:
+    if not keys or request.path in OPEN_PATHS or _is_open_route(request):
         return
     if not matches_any(presented, keys):
         raise APIError(

@@ -13,7 +13,7 @@ from bot.config import ModelSettings
 from bot.interface import PromptRequest
 from bridge_api.appkeys import API_KEY, BACKEND, CONFIG
 from bridge_api.bearer import matches_any
-from bridge_api.errors import APIError
+from bridge_api.errors import APIError, switches_gateways_off
 
 
 def resolve_model(request: web.Request, name: str) -> int:
@@ -25,9 +25,16 @@ def resolve_model(request: web.Request, name: str) -> int:
     if candidates and request.app[CONFIG].now.settings.api.unknown_model == "first":
         # Prefer a bot this key was given explicitly (coze-discord-proxy's bot_config.json).
         return min(candidates, key=lambda item: not item[1].api_keys)[0]
-    raise APIError(
+    raise model_not_found(name)
+
+
+def model_not_found(name: str) -> APIError:
+    """404 model_not_found, naming the model unless its name holds words that make a gateway
+    switch the channel off (a caller could pick such a name to have the channel switched off)."""
+    named = f"The model '{name}'" if not switches_gateways_off(name) else "The model asked for"
+    return APIError(
         404,
-        f"The model '{name}' does not exist or you do not have access to it.",
+        f"{named} does not exist or you do not have access to it.",
         code="model_not_found",
         param="model",
     )

@@ -181,7 +181,9 @@ def message(world: World, msg: Message, *, with_content: bool = True, nested: bo
 
 
 def attachment_url(world: World, channel_id: int, item: Attachment) -> str:
-    return f"{world.cdn_base}/attachments/{channel_id}/{item.id}/{item.filename}"
+    """The attachment's signed CDN link, which stops working at `item.expires`."""
+    path = f"/attachments/{channel_id}/{item.id}/{item.filename}"
+    return f"{world.cdn_base}{path}?{world.signed(path, item.issued, item.expires)}"
 
 
 def attachment(world: World, channel_id: int, item: Attachment) -> dict[str, Any]:

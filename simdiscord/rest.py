@@ -119,7 +119,7 @@ class Rest:
             app.router.add_post(f"{base}/channels/{{channel_id}}/messages", self.create_message)
             app.router.add_get(f"{base}/channels/{{channel_id}}/messages", self.list_messages)
             app.router.add_get(f"{base}/channels/{{channel_id}}/messages/{{message_id}}", self.get_message)
-        app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self.get_attachment)
+        app.router.add_get(r"/attachments/{channel_id}/{attachment_id:\d+}/{filename}", self.get_attachment)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -364,6 +364,9 @@ class Rest:
         item = self.world.attachments.get(int(request.match_info["attachment_id"]))
         if item is None or item.filename != request.match_info["filename"]:
             return error(404, "Not Found")
+        if not self.world.link_works(request.path, request.query):
+            # Discord's answer to an expired (or unsigned, or forged) link.
+            return web.Response(status=404, text="This content is no longer available.")
         return web.Response(body=item.data, headers={"Content-Type": item.content_type})
 
     def _mentions(self, content: str, allowed: dict[str, Any] | None) -> list[Account]:

@@ -15,17 +15,21 @@ from simdiscord.coze import CozeBot, PromptInfo, Script, default_script
 from simdiscord.gateway import Gateway
 from simdiscord.ratelimit import RateLimits
 from simdiscord.rest import Rest, SeenRequest
-from simdiscord.world import GATEWAY_MESSAGE_CONTENT, Account, Message, Overwrite, World
+from simdiscord.world import GATEWAY_MESSAGE_CONTENT, LINK_SECONDS, Account, Message, Overwrite, World
 
 
 class SimulatedDiscord:
     """A local Discord for tests, benchmarks and the demo; a real discord.py client connects to it.
 
-    `pace` scales the default script's delays (1.0 reads like a real Coze bot).
+    `pace` scales the default script's delays (1.0 reads like a real Coze bot); attachment and
+    CDN links stop working `link_seconds` after they were made, as Discord's do.
     """
 
-    def __init__(self, *, pace: float = 0.05, coze_ignores_bots: bool = True) -> None:
+    def __init__(
+        self, *, pace: float = 0.05, coze_ignores_bots: bool = True, link_seconds: int = LINK_SECONDS
+    ) -> None:
         self.world = World()
+        self.world.link_seconds = link_seconds
         self.gateway = Gateway(self.world, lambda: self.gateway_url)
         self.coze = CozeBot(self.world, self._emit_message, self._spawn)
         self.coze.script = default_script(pace)
@@ -171,6 +175,21 @@ class SimulatedDiscord:
     def gateway_refusals(self) -> int:
         """How many IDENTIFYs were closed with 4014 (Message Content asked for while switched off)."""
         return self.gateway.refused
+
+    # The CDN's signed links.
+    @property
+    def link_seconds(self) -> int:
+        return self.world.link_seconds
+
+    @link_seconds.setter
+    def link_seconds(self, seconds: int) -> None:
+        """The life of links made from now on (links already given keep theirs)."""
+        self.world.link_seconds = seconds
+
+    def move_cdn_clock(self, seconds: float) -> None:
+        """The CDN's clock goes `seconds` ahead: links whose life ends before then answer 404."""
+        before = self.world.cdn_clock
+        self.world.cdn_clock = lambda: before() + seconds
 
     def leave_guild(self, account_id: int) -> None:
         """The account is no longer a member of the guild (kicked, or never invited)."""

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
+# How long Discord's signed attachment and CDN links work: about a day.
+LINK_SECONDS = 24 * 3600
 
 
 class Snowflakes:
@@ -85,6 +89,9 @@ class Attachment:
     filename: str
     content_type: str
     data: bytes = field(repr=False)
+    # When its link was signed and until when it works (unix seconds on the CDN's clock).
+    issued: int = 0
+    expires: int = 0
 
     @property
     def size(self) -> int:
@@ -154,6 +161,11 @@ class World:
         # (author id, nonce) -> the message it created, for posts with enforce_nonce.
         self.nonces: dict[tuple[int, str], int] = {}
         self.attachments: dict[int, Attachment] = {}
+        # Attachment links are signed (`ex`, `is`, `hm`) and answer 404 once `ex` has passed on
+        # the CDN's clock: tests set a short life, or move the clock on.
+        self.link_seconds = LINK_SECONDS
+        self.cdn_clock: Callable[[], float] = time.time
+        self._link_key = secrets.token_bytes(32)
         # Discord's answers to a user token that cannot post: 401, or 403 code 40002.
         self.revoked: set[int] = set()
         self.unverified: set[int] = set()
@@ -188,9 +200,30 @@ class World:
         return role
 
     def add_attachment(self, filename: str, content_type: str, data: bytes) -> Attachment:
-        attachment = Attachment(self.ids.next(), filename, content_type, data)
+        issued = int(self.cdn_clock())
+        attachment = Attachment(
+            self.ids.next(), filename, content_type, data, issued, issued + self.link_seconds
+        )
         self.attachments[attachment.id] = attachment
         return attachment
+
+    def signed(self, path: str, issued: int, expires: int) -> str:
+        """The query Discord signs a CDN path with: expiry and issue time in hex, and the HMAC."""
+        return f"ex={expires:x}&is={issued:x}&hm={self._mac(path, expires, issued)}&"
+
+    def link_works(self, path: str, query: Mapping[str, str]) -> bool:
+        """Whether a CDN link's signature is Discord's own and it has not expired."""
+        try:
+            expires, issued = int(query["ex"], 16), int(query["is"], 16)
+        except (KeyError, ValueError):
+            return False
+        given = query.get("hm", "").encode("utf-8", "surrogateescape")
+        genuine = hmac.compare_digest(given, self._mac(path, expires, issued).encode())
+        return genuine and self.cdn_clock() < expires
+
+    def _mac(self, path: str, expires: int, issued: int) -> str:
+        message = f"{path}|{expires:x}|{issued:x}".encode()
+        return hmac.new(self._link_key, message, hashlib.sha256).hexdigest()
 
     def by_token(self, token: str) -> Account:
         return self._by_token[token]

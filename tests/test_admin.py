@@ -294,7 +294,7 @@ async def test_reload_applies_a_good_file_and_refuses_a_bad_one(tmp_path: Path) 
         # The new keys and models are in force at once.
         assert (await admin.call("GET", "/v1/models", key=CALLER_KEY))[0] == 401
         status, models, _ = await admin.call("GET", "/v1/models", key="sk-new-caller")
-        assert [model["id"] for model in models["data"]] == ["gamma"]
+        assert [model["id"] for model in models["data"]] == ["gamma", "bridge-health"]
 
         admin.config.write_text(DISCORD + api_section(keys="sk-as-a-string", admin_keys=[ADMIN_KEY]))
         status, body, _ = await admin.call("POST", "/admin/reload")

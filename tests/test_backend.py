@@ -321,9 +321,9 @@ async def test_the_finish_goes_out_before_the_storage_write(rig: Rig) -> None:
     gate = asyncio.Event()
     remember = rig.store.remember
 
-    async def slow_remember(key: str, thread_id: int, at: float) -> None:
+    async def slow_remember(key: str, thread_id: int, at: float, *owner: str | None) -> None:
         await gate.wait()
-        await remember(key, thread_id, at)
+        await remember(key, thread_id, at, *owner)
 
     rig.store.remember = slow_remember  # type: ignore[method-assign]
     first = await rig.run(rig.ask("first question"))  # returns while the write still waits

@@ -190,7 +190,7 @@ async def test_readyz_and_models(bridge: Bridge) -> None:
         assert resp.status == 200
     async with bridge.openai() as client:
         models = await client.models.list()
-    assert [m.id for m in models.data] == ["coze"]
+    assert [m.id for m in models.data] == ["coze", "bridge-health"]
 
 
 async def test_other_traffic_in_the_server_is_ignored(sim: SimulatedDiscord, bridge: Bridge) -> None:

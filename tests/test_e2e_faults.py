@@ -59,7 +59,7 @@ async def test_trouble_texts_become_errors(
         if status == 429:
             assert 0 < int(resp.headers["Retry-After"]) <= 86400
     assert error["code"] == code
-    assert text.split(".")[0] in error["message"]
+    assert text.split(".")[0] in error["coze_notice"]
 
     status_code, frames = await sse(bridge, {"model": "coze", "messages": USER})
     assert status_code == 200

@@ -32,7 +32,7 @@ async def test_each_model_is_answered_by_its_own_bot(
     bridge: Bridge = await start_bridge(models=models)
     async with bridge.openai() as client:
         listed = sorted(m.id for m in (await client.models.list()).data)
-        assert listed == ["coze", "coze-two"]
+        assert listed == ["bridge-health", "coze", "coze-two"]
         one = await client.chat.completions.create(model="coze", messages=USER)  # type: ignore[arg-type]
         two = await client.chat.completions.create(model="coze-two", messages=USER)  # type: ignore[arg-type]
         with pytest.raises(openai.NotFoundError) as missing:
@@ -55,8 +55,8 @@ async def test_a_model_with_keys_is_only_for_those_keys(
     models, _, _ = two_models(sim, api_keys=["sk-two"])
     bridge: Bridge = await start_bridge(models=models, api={"keys": ["sk-general"]})
     async with bridge.openai(api_key="sk-general") as general, bridge.openai(api_key="sk-two") as private:
-        assert [m.id for m in (await general.models.list()).data] == ["coze"]
-        assert [m.id for m in (await private.models.list()).data] == ["coze", "coze-two"]
+        assert [m.id for m in (await general.models.list()).data] == ["coze", "bridge-health"]
+        assert [m.id for m in (await private.models.list()).data] == ["coze", "coze-two", "bridge-health"]
         with pytest.raises(openai.NotFoundError):
             await general.chat.completions.create(model="coze-two", messages=USER)  # type: ignore[arg-type]
         answer = await private.chat.completions.create(model="coze-two", messages=USER)  # type: ignore[arg-type]
@@ -175,3 +175,16 @@ def test_the_example_config_loads_and_names_every_setting(tmp_path: Path) -> Non
             assert f"{key} = " in text, f"{section}.{key} is not in config.example.toml"
     for key in ("name", "coze_bot_id", "channel_id", "api_keys"):
         assert f"# {key} = " in text
+
+
+def test_user_tokens_from_the_environment_take_strings_and_tables(tmp_path: Path) -> None:
+    tokens = ["plain-token", {"token": "table-token", "label": "alice", "max_in_flight": 1, "enabled": False}]
+    settings = load_settings(
+        environ={"BRIDGE_DISCORD__USER_TOKENS": json.dumps(tokens)},
+        bot_config=tmp_path / "absent.json",
+        discord={"bot_token": "t", "guild_id": 1, "coze_bot_id": 2, "channel_id": 3},
+    )
+    plain, table = settings.discord.user_tokens
+    assert (plain.token.get_secret_value(), plain.label, plain.max_in_flight) == ("plain-token", None, None)
+    assert (table.token.get_secret_value(), table.label, table.max_in_flight) == ("table-token", "alice", 1)
+    assert table.enabled is False

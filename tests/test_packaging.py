@@ -35,6 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 PACKAGES = ("bot", "bridge_api", "simdiscord")
 KEY = "sk-ci-packaging"
+ADMIN_KEY = "sk-ci-packaging-admin"
+# The status page's files, served from the installed package (pyproject's package-data).
+PAGE_FILES = ("index.html", "page.css", "page.js", "icon.svg")
 
 # Building and installing from PyPI takes a minute, once for the module.
 pytestmark = pytest.mark.timeout(300)
@@ -241,6 +244,7 @@ async def test_the_wheel_holds_every_file_of_the_packages_and_nothing_else(insta
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
     }
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
+    assert {f"bridge_api/static/{name}" for name in PAGE_FILES} <= names
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == set(PACKAGES)
     with zipfile.ZipFile(installed.wheel) as wheel:
@@ -252,12 +256,18 @@ async def test_the_installed_wheel_streams_a_demo_answer(installed: Installed, t
     # Outside the repository, with only the fresh venv: nothing is imported from the source tree.
     proc, base = await start(
         [str(installed.venv / "bin" / "coze-bridge"), "--demo", "--port", "0"],
-        clean_env(),
+        clean_env() | {"BRIDGE_API__ADMIN_KEYS": json.dumps([ADMIN_KEY])},
         tmp_path / "cwd",
         tmp_path / "stderr.log",
     )
     try:
         await streamed_answer(base)
+        # The status page, and its files as shipped, come from the installed package.
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+            for path, name in (("/", "index.html"), ("/admin/static/page.js", "page.js")):
+                async with http.get(base.removesuffix("/v1") + path) as resp:
+                    assert resp.status == 200, path
+                    assert await resp.read() == (ROOT / "bridge_api" / "static" / name).read_bytes()
     finally:
         await stop(proc)
 

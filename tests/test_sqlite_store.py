@@ -10,7 +10,7 @@ import pytest
 
 from bot.interface import StartupError
 from bot.sqlite_store import SCHEMA_VERSION, open_sqlite_store
-from bot.store import StoredToken
+from bot.store import StoredConversation, StoredToken
 
 
 async def test_a_new_database_is_created_with_its_folder(tmp_path: Path) -> None:
@@ -24,10 +24,10 @@ async def test_an_old_database_opens_after_an_upgrade(tmp_path: Path) -> None:
     path = tmp_path / "bridge.db"
     async with open_sqlite_store(path, schema=1) as old:
         assert await old.schema_version() == 1
-        await old.add_thread(111, "coze", now=1000.0)
-        await old.remember("h:abc", 111, now=1000.0)
     with sqlite3.connect(path) as db:
-        # A row as version 1 wrote it (today's store writes columns version 1 lacks).
+        # Rows as version 1 wrote them (today's store writes columns version 1 lacks).
+        db.execute("INSERT INTO threads VALUES (111, 'coze', 1000.0, 1000.0)")
+        db.execute("INSERT INTO conversations VALUES ('h:abc', 111, 1000.0)")
         db.execute("INSERT INTO tokens VALUES ('fp1', 1, 0.0, 3)")
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "model_rests" not in tables
@@ -35,6 +35,7 @@ async def test_an_old_database_opens_after_an_upgrade(tmp_path: Path) -> None:
     async with open_sqlite_store(path) as upgraded:
         assert await upgraded.schema_version() == SCHEMA_VERSION
         assert await upgraded.find_conversation("h:abc") == 111
+        assert await upgraded.find_listed("", "h:abc") == [], "a thread from before is nobody's"
         assert (await upgraded.tokens())["fp1"] == StoredToken(
             "fp1", invalid=True, day_start=0.0, requests_today=3
         )
@@ -43,6 +44,23 @@ async def test_an_old_database_opens_after_an_upgrade(tmp_path: Path) -> None:
         disabled = StoredToken("fp1", True, 0.0, 3, invalid_reason="401", disabled=True, disabled_since=5.0)
         await upgraded.save_token(disabled)
         assert (await upgraded.tokens())["fp1"] == disabled
+
+
+async def test_threads_from_before_callers_become_theirs_at_their_next_exchange(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.db"
+    async with open_sqlite_store(path, schema=3) as old:
+        await old.add_thread(111, "coze", now=1000.0)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO conversations VALUES ('h:abc', 111, 1000.0)")  # as version 3 wrote it
+
+    async with open_sqlite_store(path) as upgraded:
+        assert await upgraded.schema_version() == SCHEMA_VERSION == 4
+        assert await upgraded.find_conversation("h:abc") == 111
+        assert await upgraded.conversations("alice") == []
+        await upgraded.remember("h:def", 111, 1100.0, "alice")
+        assert await upgraded.conversations("alice") == [
+            StoredConversation("h:def", 111, "coze", 1000.0, 1100.0, turns=1, pinned=False)
+        ]
 
 
 async def test_a_newer_database_is_refused(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from bot.memory_store import MemoryStore
 from bot.sqlite_store import open_sqlite_store
-from bot.store import Store, StoredToken
+from bot.store import Store, StoredConversation, StoredToken
 
 
 class Backing:
@@ -146,6 +146,106 @@ async def test_remembering_in_an_unknown_thread_stores_nothing(store: Store) -> 
     assert await store.idle_threads(before=100.0) == [2]  # no thread was brought back
 
 
+# Conversations as their callers list them.
+def listed(
+    id: str, thread_id: int, *, created: float, last_used: float, turns: int, pinned: bool = False
+) -> StoredConversation:
+    return StoredConversation(id, thread_id, "coze", created, last_used, turns, pinned=pinned)
+
+
+async def test_a_caller_lists_its_conversations_with_their_latest_key_and_turns(store: Store) -> None:
+    await store.add_thread(1, "coze", now=10.0)
+    await store.remember("h:first", 1, 11.0, "alice")
+    await store.remember("h:second", 1, 12.0, "alice")
+    assert await store.conversations("alice") == [
+        listed("h:second", 1, created=10.0, last_used=12.0, turns=2)
+    ]
+    assert await store.conversations("bob") == []
+
+
+async def test_a_pinned_conversation_is_listed_by_the_id_pinned(store: Store) -> None:
+    await store.add_thread(1, "coze", now=10.0)
+    await store.remember("n:digest", 1, 11.0, "alice", "work")
+    await store.remember("n:digest", 1, 12.0, "alice", "work")
+    assert await store.conversations("alice") == [
+        listed("work", 1, created=10.0, last_used=12.0, turns=2, pinned=True)
+    ]
+
+
+async def test_conversations_come_most_recently_used_first(store: Store) -> None:
+    for thread in (1, 2, 3):
+        await store.add_thread(thread, "coze", now=float(thread))
+    await store.remember("h:a", 1, 30.0, "alice")
+    await store.remember("h:b", 2, 20.0, "alice")
+    await store.remember("h:c", 3, 30.0, "alice")  # a tie: the newer thread first
+    assert [c.thread_id for c in await store.conversations("alice")] == [3, 1, 2]
+    await store.remember("h:b2", 2, 40.0, "alice")
+    assert [c.id for c in await store.conversations("alice")] == ["h:b2", "h:c", "h:a"]
+
+
+async def test_the_latest_key_is_the_last_remembered_even_at_the_same_time(store: Store) -> None:
+    await store.add_thread(1, "coze", now=10.0)
+    await store.remember("h:a", 1, 11.0, "alice")
+    await store.remember("h:b", 1, 11.0, "alice")
+    assert [c.id for c in await store.conversations("alice")] == ["h:b"]
+    await store.remember("h:a", 1, 11.0, "alice")  # remembered again: the latest once more
+    assert [c.id for c in await store.conversations("alice")] == ["h:a"]
+
+
+async def test_threads_with_no_caller_or_no_conversation_left_are_listed_to_nobody(store: Store) -> None:
+    await store.add_thread(1, "coze", now=10.0)  # no exchange finished in it
+    await store.add_thread(2, "coze", now=10.0)
+    await store.remember("h:nobody", 2, 11.0)  # as before callers were recorded
+    await store.add_thread(3, "coze", now=10.0)
+    await store.add_thread(4, "coze", now=10.0)
+    await store.remember("h:moved", 3, 12.0, "alice")
+    await store.remember("h:moved", 4, 13.0, "alice")  # thread 3 holds no conversation any more
+    assert [c.thread_id for c in await store.conversations("alice")] == [4]
+    assert await store.conversations("") == []
+    assert await store.find_listed("alice", "h:nobody") == []
+
+
+async def test_forgetting_or_restarting_a_thread_takes_it_off_the_list(store: Store) -> None:
+    await store.add_thread(1, "coze", now=10.0)
+    await store.add_thread(2, "coze", now=10.0)
+    await store.remember("h:a", 1, 11.0, "alice")
+    await store.remember("h:b", 2, 12.0, "alice", "pinned")
+    await store.forget_thread(1)
+    await store.add_thread(2, "coze", now=20.0)
+    assert await store.conversations("alice") == []
+    await store.remember("h:c", 2, 21.0, "bob")
+    assert await store.conversations("bob") == [listed("h:c", 2, created=20.0, last_used=21.0, turns=1)]
+
+
+async def test_an_id_names_only_its_callers_conversation(store: Store) -> None:
+    await store.add_thread(1, "coze", now=10.0)
+    await store.add_thread(2, "coze", now=10.0)
+    await store.add_thread(3, "coze", now=10.0)
+    await store.remember("h:old", 1, 11.0, "alice")
+    await store.remember("h:new", 1, 12.0, "alice")
+    await store.remember("n:digest", 2, 13.0, "alice", "work")
+    await store.remember("h:bobs", 3, 14.0, "bob")
+    alices, pinned = (
+        listed("h:new", 1, created=10.0, last_used=12.0, turns=2),
+        listed("work", 2, created=10.0, last_used=13.0, turns=1, pinned=True),
+    )
+    assert await store.find_listed("alice", "h:new") == [alices]
+    assert await store.find_listed("alice", "h:old") == [alices], "an earlier key names it too"
+    assert await store.find_listed("alice", "work") == [pinned]
+    assert await store.find_listed("alice", "n:digest") == [], "a pinned one's key is no id of it"
+    assert await store.find_listed("alice", "h:bobs") == [], "another caller's is none"
+    assert await store.find_listed("bob", "work") == []
+    assert await store.find_listed("alice", "nothing") == []
+
+
+async def test_a_pinned_id_that_looks_like_a_key_names_only_the_pinned_one(store: Store) -> None:
+    await store.add_thread(1, "coze", now=10.0)
+    await store.add_thread(2, "coze", now=10.0)
+    await store.remember("n:digest", 1, 11.0, "alice", "h:key")
+    await store.remember("h:other", 2, 12.0, "alice")
+    assert [c.thread_id for c in await store.find_listed("alice", "h:key")] == [1]
+
+
 # Tokens.
 async def test_saving_a_token_inserts_or_replaces(store: Store) -> None:
     assert await store.tokens() == {}
@@ -223,7 +323,7 @@ async def test_everything_survives_a_reopen(backing: Backing) -> None:
     token = StoredToken("fp1", invalid=True, day_start=1000.5, requests_today=3)
     await store.add_thread(1, "coze", now=10.0)
     await store.add_thread(2, "coze", now=20.0)
-    await store.remember("a", 1, now=30.0)
+    await store.remember("a", 1, 30.0, "alice", "work")
     await store.save_token(token)
     await store.rest_token("fp1", 7, until=100.0)
     await store.rest_model(8, until=200.0)
@@ -231,6 +331,9 @@ async def test_everything_survives_a_reopen(backing: Backing) -> None:
     reopened = await backing.reopen()
     assert await reopened.idle_threads(before=100.0) == [2, 1]
     assert await reopened.find_conversation("a") == 1
+    assert await reopened.conversations("alice") == [
+        listed("work", 1, created=10.0, last_used=30.0, turns=1, pinned=True)
+    ]
     assert await reopened.tokens() == {"fp1": token}
     assert await reopened.token_rests() == {("fp1", 7): 100.0}
     assert await reopened.model_rests() == {8: 200.0}
