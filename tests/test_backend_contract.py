@@ -21,6 +21,8 @@ from bot.interface import (
     ReplyEvent,
     ServerShutdown,
     TextDelta,
+    UnknownConversation,
+    UnknownToken,
     open_discord_backend,
 )
 from bot.mock import MockBackend
@@ -153,3 +155,17 @@ async def test_shutdown_ends_an_open_reply_and_refuses_new_ones(subject: Subject
     assert subject.backend.status().state is BridgeState.STOPPING
     with pytest.raises(NotReady):
         await anext(subject.backend.complete(ask(), heartbeat=3600))
+
+
+async def test_unknown_ids_are_refused_without_echoing_them(subject: Subject) -> None:
+    backend = subject.backend
+    assert list(await backend.conversations("a caller with none")) == []
+    with pytest.raises(UnknownConversation) as conversation:
+        await backend.forget_conversation("a caller with none", "conv-secret-id")
+    with pytest.raises(UnknownToken) as token:
+        backend.set_token_enabled("0000000000000000", False)
+    with pytest.raises(UnknownToken):
+        await backend.check_token("0000000000000000")
+    assert "conv-secret-id" not in conversation.value.message
+    assert "0000000000000000" not in token.value.message
+    assert (conversation.value.code, token.value.code) == ("conversation_not_found", "token_not_found")
