@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal, Protocol
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -14,6 +15,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     SecretStr,
+    model_validator,
 )
 
 from bot.reset import ResetTime
@@ -150,11 +152,63 @@ class AccountSettings(BaseModel):
     check_hours: float = Field(default=6.0, gt=0)
 
 
+SQLITE_SCHEME = "sqlite:///"
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+DEFAULT_DATABASE = Path("data/bridge.db")
+
+
+def masked_url(url: str) -> str:
+    """`url` with any user:pass@ replaced, so it can be shown (as bot.proxy masks proxies)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
 class StorageSettings(BaseModel):
+    """Where the bridge keeps its state: `url`, or the older `path` of a SQLite file.
+
+    After validation both say the same: `url` is always set, and `path` is the SQLite file
+    (None on PostgreSQL).
+    """
+
     model_config = ConfigDict(extra="forbid")
 
-    path: Path = Path("data/bridge.db")
+    # sqlite:///data/bridge.db (a relative path; sqlite:////var/lib/x.db an absolute one) or
+    # postgresql://user:pass@host[:port]/db. A secret: it may hold a password.
+    url: SecretStr | None = None
+    # The SQLite file, as before `url`: the same as url = "sqlite:///<path>". Empty is unset, so
+    # that BRIDGE_STORAGE__PATH= clears a path an image or unit sets, to give a PostgreSQL url.
+    path: Annotated[Path | None, BeforeValidator(lambda value: None if value == "" else value)] = None
     thread_ttl_hours: float = Field(default=72.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_database(self) -> StorageSettings:
+        if self.url is None:
+            path = self.path or DEFAULT_DATABASE
+            self.path, self.url = path, SecretStr(f"{SQLITE_SCHEME}{path}")
+            return self
+        url = self.url.get_secret_value()
+        if url.startswith(SQLITE_SCHEME) and len(url) > len(SQLITE_SCHEME):
+            path = Path(url.removeprefix(SQLITE_SCHEME))
+            if self.path is not None and self.path != path:
+                raise ValueError(f"storage.url names {path} and storage.path {self.path}: give one of them")
+            self.path = path
+            return self
+        if urlsplit(url).scheme in POSTGRES_SCHEMES:
+            if self.path is not None:
+                raise ValueError(
+                    "storage.path is a SQLite file, and storage.url a PostgreSQL database: give one"
+                )
+            return self
+        raise ValueError(
+            f"storage.url {masked_url(url)!r} is neither sqlite:///path nor postgresql://user:pass@host/db"
+        )
+
+    @property
+    def postgresql(self) -> str | None:
+        """The PostgreSQL URL (password and all), or None for SQLite at `path`."""
+        return None if self.path is not None or self.url is None else self.url.get_secret_value()
 
 
 class BackendConfig(Protocol):

@@ -21,7 +21,7 @@ from bot.posting import Posting
 from bot.proxy import configured, connector
 from bot.rest import Credential, DiscordRest
 from bot.router import ReplyRouter
-from bot.sqlite_store import open_sqlite_store
+from bot.stores import open_store
 from bot.tasks import TaskSet
 from bot.token_pool import TokenPool, TokenSpec
 from bot.token_roster import roster
@@ -64,7 +64,7 @@ async def open_backend(
         gateway_url=settings.gateway_url,
     )
     async with (
-        open_sqlite_store(config.storage.path) as store,
+        open_store(config.storage) as store,
         aiohttp.ClientSession(connector=connector(proxy), timeout=aiohttp.ClientTimeout(total=30)) as session,
     ):
         pool.restore(await store.tokens(), await store.token_rests(), await store.model_rests())

@@ -1,8 +1,10 @@
 """What the bridge keeps across requests and restarts, as a contract every store meets.
 
 Threads it created, the conversations continuing in them (and whose they are), user-token
-health, and rests of tokens and models. `bot.sqlite_store` keeps them on disk; `bot.memory_store` keeps them in dicts
-for fast tests and as the reference. `tests/test_store_contract.py` runs one suite over both.
+health, and rests of tokens and models. `bot.sqlite_store` keeps them in a file, `bot.postgres_store` in a PostgreSQL
+database several instances can share (`bot.stores.open_store` picks by `storage.url`), and
+`bot.memory_store` in dicts, for fast tests and as the reference. `tests/test_store_contract.py`
+runs one suite over all three.
 """
 
 from __future__ import annotations

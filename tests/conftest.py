@@ -18,6 +18,7 @@ from bot.interface import Backend, open_discord_backend
 from bridge_api.app import make_app, serving
 from bridge_api.settings import Settings, load_settings
 from simdiscord import SimulatedDiscord
+from tests.pg_server import pg_server, postgres_url  # noqa: F401  (fixtures)
 
 # Short enough that tests of the quiet-period end stay fast, long enough that the simulated
 # Coze bot's own pauses between edits (a few ms) never trip it.
@@ -62,7 +63,9 @@ def sim_settings(sim: SimulatedDiscord, folder: Path, **sections: Any) -> Settin
     discord_section = sim.discord_settings() | sections.pop("discord", {})
     completion = TEST_COMPLETION | sections.pop("completion", {})
     accounts = TEST_ACCOUNTS | sections.pop("accounts", {})
-    storage_section = {"path": str(folder / "bridge.db")} | sections.pop("storage", {})
+    storage_section = sections.pop("storage", {})
+    if "url" not in storage_section:  # a PostgreSQL url takes no SQLite path
+        storage_section = {"path": str(folder / "bridge.db")} | storage_section
     return load_settings(
         environ={},
         discord=discord_section,

@@ -1,4 +1,4 @@
-"""One contract for every `Store`: each test runs against SQLite and against memory."""
+"""One contract for every `Store`: each test runs against SQLite, PostgreSQL and memory."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from bot.memory_store import MemoryStore
+from bot.postgres_store import open_postgres_store
 from bot.sqlite_store import open_sqlite_store
 from bot.store import Store, StoredConversation, StoredToken
+from tests.pg_server import PgServer, database
 
 
 class Backing:
@@ -43,6 +45,29 @@ class SqliteBacking(Backing):
         await self._open.aclose()
 
 
+class PostgresBacking(Backing):
+    """A database of its own on the session's server, dropped when the test ends."""
+
+    def __init__(self, server: PgServer) -> None:
+        self._server = server
+        self._database = contextlib.AsyncExitStack()  # outlives every reopen
+        self._open = contextlib.AsyncExitStack()
+        self._url: str | None = None
+
+    async def reopen(self) -> Store:
+        await self._open.aclose()
+        self._open = contextlib.AsyncExitStack()
+        if self._url is None:
+            self._url = self._server.url(await self._database.enter_async_context(database(self._server)))
+        store: Store = await self._open.enter_async_context(open_postgres_store(self._url))
+        self.store = store
+        return store
+
+    async def close(self) -> None:
+        await self._open.aclose()
+        await self._database.aclose()
+
+
 class MemoryBacking(Backing):
     def __init__(self) -> None:
         store: Store = MemoryStore()
@@ -55,9 +80,15 @@ class MemoryBacking(Backing):
         await self.store.drain()
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
 async def backing(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backing]:
-    chosen: Backing = SqliteBacking(tmp_path / "bridge.db") if request.param == "sqlite" else MemoryBacking()
+    chosen: Backing
+    if request.param == "sqlite":
+        chosen = SqliteBacking(tmp_path / "bridge.db")
+    elif request.param == "postgresql":
+        chosen = PostgresBacking(request.getfixturevalue("pg_server"))
+    else:
+        chosen = MemoryBacking()
     await chosen.reopen()
     yield chosen
     await chosen.close()

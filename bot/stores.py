@@ -1,0 +1,32 @@
+"""Opening the store `storage.url` names: SQLite's file, or a PostgreSQL database."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from bot.config import StorageSettings, masked_url
+from bot.postgres_store import open_postgres_store
+from bot.sqlite_store import open_sqlite_store
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def open_store(settings: StorageSettings) -> AsyncIterator[Store]:
+    """The store, migrated and ready; every write started is durable when this exits.
+
+    Raises StartupError (one line, no password) for a store that cannot be opened.
+    """
+    url = settings.postgresql
+    if url is not None:
+        async with open_postgres_store(url) as postgres:
+            log.info("storage: PostgreSQL at %s", masked_url(url))
+            yield postgres
+        return
+    assert settings.path is not None  # StorageSettings names one or the other
+    async with open_sqlite_store(settings.path) as sqlite:
+        log.info("storage: SQLite at %s", settings.path)
+        yield sqlite
