@@ -102,7 +102,7 @@ async def _run(
                     env_file=env_file,
                     discord=sim.discord_settings(),
                     api=api,
-                    storage={"path": f"{storage}/bridge.db"},
+                    storage={"url": f"sqlite:///{storage}/bridge.db"},  # /tmp/...: four slashes
                 ),
             )
             settings = load()

@@ -100,6 +100,12 @@ def remap(text: str, paths: Mapping[str, Path]) -> str:
     return text
 
 
+def remap_setting(value: str, paths: Mapping[str, Path]) -> str:
+    """`remap` for a setting's value: in sqlite:////data/x.db, the path after the scheme moves."""
+    scheme = "sqlite:///" if value.startswith("sqlite:///") else ""
+    return scheme + remap(value.removeprefix(scheme), paths)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without the project's venv, coverage hooks or BRIDGE_* settings."""
     dropped = ("BRIDGE_", "COV_CORE_", "COVERAGE_", "PYTHON", "VIRTUAL_ENV", "PYTEST_")
@@ -282,7 +288,7 @@ def image_env(installed: Installed, **extra: str) -> dict[str, str]:
         if word == "ENV":
             for name, value in env_pairs(args).items():
                 value = value.replace("${PATH}", env["PATH"]).replace("$PATH", env["PATH"])
-                env[name] = remap(value, installed.paths)
+                env[name] = remap_setting(value, installed.paths)
     return env | extra
 
 
@@ -313,7 +319,7 @@ async def test_the_image_cmd_serves_with_keys_and_its_healthcheck_passes(
     installed: Installed, tmp_path: Path
 ) -> None:
     env = image_env(installed, BRIDGE_API__PORT="0", BRIDGE_API__KEYS=json.dumps([KEY]))
-    database = Path(env["BRIDGE_STORAGE__PATH"])
+    database = Path(env["BRIDGE_STORAGE__URL"].removeprefix("sqlite:///"))
     assert database.parent == installed.paths["/data"]
     workdir = Path(remap(final(installed, "WORKDIR"), installed.paths))
     assert final(installed, "VOLUME") in ('["/data"]', "/data")
@@ -335,7 +341,7 @@ async def test_the_image_cmd_serves_with_keys_and_its_healthcheck_passes(
     finally:
         await stop(proc)
     assert await asyncio.to_thread(database.exists), (
-        "BRIDGE_STORAGE__PATH puts the database in the /data volume"
+        "BRIDGE_STORAGE__URL puts the database in the /data volume"
     )
     # With nothing listening, the health check fails.
     health = await asyncio.create_subprocess_exec(
@@ -375,7 +381,7 @@ async def test_the_unit_keeps_state_and_secrets_where_the_readme_says() -> None:
     environment = dict(
         pair.split("=", 1) for key, value in service if key == "Environment" for pair in shlex.split(value)
     )
-    assert environment["BRIDGE_STORAGE__PATH"] == "/var/lib/coze-bridge/bridge.db"
+    assert environment["BRIDGE_STORAGE__URL"] == "sqlite:////var/lib/coze-bridge/bridge.db"
 
 
 async def test_the_unit_execstart_serves_the_demo_and_reload_rereads_its_env_file(
@@ -393,7 +399,9 @@ async def test_the_unit_execstart_serves_the_demo_and_reload_rereads_its_env_fil
     env = clean_env()
     for key, value in service:
         if key == "Environment":
-            env |= {k: remap(v, paths) for k, v in (pair.split("=", 1) for pair in shlex.split(value))}
+            env |= {
+                k: remap_setting(v, paths) for k, v in (pair.split("=", 1) for pair in shlex.split(value))
+            }
     proc, base = await start(
         [*exec_start, "--demo", "--port", "0"],
         env,
