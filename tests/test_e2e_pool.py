@@ -36,7 +36,7 @@ async def queue_reaches(bridge: Bridge, length: int) -> None:
     async with asyncio.timeout(10):
         while bridge.backend.status().queue.length != length:  # noqa: ASYNC110
             # The queue lives in the bridge, which signals nothing: read as a monitor would.
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # sleep-ok: polls a reading with a deadline, as a monitor does
 
 
 def posts_by_author(sim: SimulatedDiscord) -> dict[int, list[float]]:
@@ -194,13 +194,13 @@ async def test_periodic_checks_catch_a_revoked_token_and_a_restored_one(
     async with asyncio.timeout(10):
         while (await state_of(bad))[0] != "invalid":  # noqa: ASYNC110
             # The check runs on its own clock and signals nothing: read /v1/status as a monitor would.
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # sleep-ok: polls /v1/status with a deadline, as a monitor does
     assert (await state_of(bad))[1] == "Discord answered 401 to /users/@me"
     assert sim.world.prompt_posts == [], "checks post nothing"
     sim.reinstate_token(bad)
     async with asyncio.timeout(10):
         while (await state_of(bad))[0] != "healthy":  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # sleep-ok: polls /v1/status with a deadline, as a monitor does
 
 
 async def test_http_status_shows_the_pool(sim: SimulatedDiscord, bridge: Bridge) -> None:
