@@ -23,6 +23,7 @@ from bot.interface import (
     ConversationInfo,
     Finished,
     ImageKeeper,
+    InstanceReport,
     Limits,
     NotReady,
     PromptRequest,
@@ -30,6 +31,7 @@ from bot.interface import (
     ReplyEvent,
     SendFailed,
     ServerShutdown,
+    StorageUnavailable,
     TokenReport,
     UnknownToken,
 )
@@ -41,7 +43,9 @@ from bot.reply_parts import ReplyParts
 from bot.rest import Credential, RestError
 from bot.router import Inbox, ReplyRouter
 from bot.seams import Clock, History
+from bot.sharing import share_rounds
 from bot.stopping import MESSAGE, Stopping
+from bot.store import Store
 from bot.tasks import TaskSet
 from bot.token_checks import Accounts, TokenChecks
 from bot.token_pool import PoolToken, TokenSpec, utc
@@ -100,6 +104,8 @@ class DiscordBackend:
         self._tasks = tasks
         self._coze_ids = frozenset(model.coze_bot_id for model in self._models)
         self._stopping = Stopping()
+        # The live bridges sharing the database, as the last round saw them (bot.sharing).
+        self.instances: tuple[InstanceReport, ...] = ()
         # A reply that waited out an outage restarts its quiet period when the gateway returns.
         gateway.on_return(router.wake_all)
         parts = ReplyParts(completion, gateway, router, posting, ledger, clock, self._stopping, images)
@@ -116,6 +122,15 @@ class DiscordBackend:
         """Check every token now (in the background) and every accounts.check_hours after."""
         self._tasks.spawn(self._checks.run(), name="token-checks")
 
+    def start_sharing(self, store: Store) -> None:
+        """Keep the pool in step with the bridges sharing the database (when it is shared)."""
+        if self._ledger.coordinator.shared:
+            rounds = share_rounds(self._ledger.coordinator, self._ledger, store, self._clock, self._seen)
+            self._tasks.spawn(rounds, name="pool-sharing")
+
+    def _seen(self, instances: tuple[InstanceReport, ...]) -> None:
+        self.instances = instances
+
     @property
     def state(self) -> BridgeState:
         return BridgeState.STOPPING if self._stopping.is_set() else self._gateway.state
@@ -124,7 +139,15 @@ class DiscordBackend:
     def models(self) -> Sequence[ModelSettings]:
         return self._models
 
+    def _check_storage(self) -> None:
+        if not self._ledger.coordinator.available:
+            raise StorageUnavailable(
+                "the database this bridge shares with others cannot be reached; nothing was posted",
+                retry_after=5,
+            )
+
     def check_capacity(self, limits: Limits) -> None:
+        self._check_storage()
         self._posting.admission.refuse_when_full(limits.max_waiting)
         self._ledger.queue.refuse_when_full()
 
@@ -148,6 +171,9 @@ class DiscordBackend:
             intent_missing=self._gateway.intent_missing,
             queue=QueueStatus(len(queue), queue.limit, utc(full) if full is not None else None),
             state_since=utc(self._stopped_at) if self._stopped_at is not None else self._gateway.since,
+            instance=self._ledger.pool.here,
+            instances=self.instances,
+            storage_available=self._ledger.coordinator.available,
         )
 
     def begin_shutdown(self) -> None:
@@ -231,6 +257,7 @@ class DiscordBackend:
     async def complete(self, request: PromptRequest, *, heartbeat: float) -> AsyncGenerator[ReplyEvent, None]:
         if self.state is not BridgeState.READY:
             raise NotReady(f"the Discord gateway is {self.state.value}", retry_after=5)
+        self._check_storage()
         model = self._models[request.route]
         self._ledger.check(model, self._clock())
         conversations = self._conversations
@@ -306,7 +333,7 @@ class DiscordBackend:
                 async for event in events:
                     if isinstance(event, Finished):
                         # Before the event goes out: the caller stops reading at the finish chunk.
-                        self._conversations.finished(
+                        await self._conversations.finished(
                             request, model.name, thread_id, event.content, self._clock()
                         )
                         event = replace(event, continued=plan.thread_id is not None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated, Literal, Protocol
 from urllib.parse import urlsplit
@@ -211,6 +212,21 @@ class StorageSettings(BaseModel):
         return None if self.path is not None or self.url is None else self.url.get_secret_value()
 
 
+def _host_name() -> str:
+    return socket.gethostname() or "bridge"
+
+
+class InstanceSettings(BaseModel):
+    """This bridge among several sharing one PostgreSQL database (issue 15)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Shown on /v1/status beside what this instance holds; unique among the instances.
+    name: str = Field(default_factory=_host_name, min_length=1, max_length=64)
+    # A dead instance's conversation holds, in-flight posts and lead are free after this long.
+    lease_seconds: float = Field(default=30.0, ge=3.0, le=3600.0)
+
+
 class BackendConfig(Protocol):
     """What the Discord side reads from the application's settings."""
 
@@ -225,6 +241,9 @@ class BackendConfig(Protocol):
 
     @property
     def storage(self) -> StorageSettings: ...
+
+    @property
+    def instance(self) -> InstanceSettings: ...
 
     @property
     def model_routes(self) -> list[ModelSettings]: ...

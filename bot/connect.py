@@ -21,7 +21,7 @@ from bot.posting import Posting
 from bot.proxy import configured, connector
 from bot.rest import Credential, DiscordRest
 from bot.router import ReplyRouter
-from bot.stores import open_store
+from bot.stores import open_coordinator, open_store
 from bot.tasks import TaskSet
 from bot.token_pool import TokenPool, TokenSpec
 from bot.token_roster import roster
@@ -65,12 +65,14 @@ async def open_backend(
     )
     async with (
         open_store(config.storage) as store,
+        open_coordinator(config.storage, config.instance, time.time()) as coordinator,
         aiohttp.ClientSession(connector=connector(proxy), timeout=aiohttp.ClientTimeout(total=30)) as session,
     ):
         pool.restore(await store.tokens(), await store.token_rests(), await store.model_rests())
         pool.apply(specs, time.time())
+        pool.here = config.instance.name
         rest = DiscordRest(settings.api_base, session)
-        conversations = Conversations(store, writes)
+        conversations = Conversations(store, writes, coordinator)
         backend = DiscordBackend(
             models=models,
             completion=config.completion,
@@ -89,7 +91,14 @@ async def open_backend(
             ),
             history=rest,
             reader=bot,
-            ledger=Ledger(pool, store, writes, clock=time.time, max_queue=config.accounts.max_queue),
+            ledger=Ledger(
+                pool,
+                store,
+                writes,
+                clock=time.time,
+                max_queue=config.accounts.max_queue,
+                coordinator=coordinator,
+            ),
             conversations=conversations,
             clock=time.time,
             tasks=tasks,
@@ -104,6 +113,7 @@ async def open_backend(
             await gateway.login(rest, bot, bot_token)
             tasks.spawn(gateway.run(), name="discord-gateway")
             backend.start_checks()
+            backend.start_sharing(store)
             tasks.spawn(
                 housekeeping_loop(
                     conversations,
@@ -111,6 +121,7 @@ async def open_backend(
                     bot,
                     ttl_seconds=config.storage.thread_ttl_hours * 3600,
                     in_use=backend.busy_threads,
+                    lead=coordinator.lead,
                 ),
                 name="housekeeping",
             )

@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from bot.coordination import Coordinator, LocalCoordinator
 from bot.interface import ChatTurn, ConversationBusy, ConversationInfo, PromptRequest, UnknownConversation
 from bot.store import Store, StoredConversation
 from bot.tasks import TaskSet
 
 ROLES = {"developer": "system", "function": "tool"}
+# How long an answer's end may wait for its exchange to be written, when bridges share it.
+SHARED_WRITE_SECONDS = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +76,10 @@ class Plan:
 
 
 class Conversations:
-    def __init__(self, store: Store, writes: TaskSet) -> None:
+    def __init__(self, store: Store, writes: TaskSet, coordinator: Coordinator | None = None) -> None:
         self._store = store
         self._writes = writes
+        self._coordinator: Coordinator = coordinator or LocalCoordinator("local")
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # What the store does not show yet: exchanges not yet written, threads not yet forgotten.
         self._unwritten: dict[str, int] = {}
@@ -86,10 +90,11 @@ class Conversations:
         self._to_archive: list[int] = []
         self._dismissal = asyncio.Event()
 
-    def _write(self, write: Coroutine[Any, Any, None]) -> None:
+    def _write(self, write: Coroutine[Any, Any, None]) -> asyncio.Task[Any]:
         task = self._writes.spawn(write, name="conversation-write")
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
 
     async def _settled(self) -> None:
         """Wait for the writes already started (a list or a forget sees every finished exchange)."""
@@ -140,7 +145,7 @@ class Conversations:
             )
         self._locks[key] = (lock, users + 1)
         try:
-            async with lock:
+            async with lock, self._coordinator.hold(key):
                 yield
         finally:
             lock, users = self._locks[key]
@@ -153,8 +158,15 @@ class Conversations:
         """A thread the bridge created: its own to archive once idle."""
         self._write(self._store.add_thread(thread_id, model, now))
 
-    def finished(self, request: PromptRequest, model: str, thread_id: int, answer: str, now: float) -> None:
-        """Remember the exchange, so a request that extends it continues in its thread."""
+    async def finished(
+        self, request: PromptRequest, model: str, thread_id: int, answer: str, now: float
+    ) -> None:
+        """Remember the exchange, so a request that extends it continues in its thread.
+
+        Alone, this bridge remembers it at once in memory and writes it behind. Shared with
+        other bridges, the follow-up may go to any of them, as soon as the caller has the
+        answer's end: so the write is durable first (waiting at most SHARED_WRITE_SECONDS).
+        """
         if request.fresh or thread_id in self._dismissed:
             return  # a thread its caller forgot while this request was in it: forgotten still
         if request.conversation is not None:
@@ -164,7 +176,10 @@ class Conversations:
             key = history_key(model, exchange, caller=request.caller, user=request.user)
         self._unwritten[key] = thread_id
         owner = caller_fingerprint(request.caller)
-        self._write(self._remember(key, thread_id, now, owner, request.conversation))
+        write = self._write(self._remember(key, thread_id, now, owner, request.conversation))
+        if self._coordinator.shared:
+            # asyncio.wait: a caller that goes away cancels the wait, never the write.
+            await asyncio.wait({write}, timeout=SHARED_WRITE_SECONDS)
 
     async def _remember(self, key: str, thread_id: int, now: float, owner: str, pinned: str | None) -> None:
         try:

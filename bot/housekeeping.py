@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from bot.conversations import Conversations
 from bot.rest import Credential, DiscordRest, RestError
@@ -68,6 +68,10 @@ async def archive_dismissed(conversations: Conversations, rest: DiscordRest, cre
             conversations.archived(thread_id)
 
 
+async def _alone() -> bool:
+    return True
+
+
 async def housekeeping_loop(
     conversations: Conversations,
     rest: DiscordRest,
@@ -75,14 +79,18 @@ async def housekeeping_loop(
     *,
     ttl_seconds: float,
     in_use: Callable[[], set[int]],
+    lead: Callable[[], Awaitable[bool]] = _alone,
 ) -> None:
+    """Archive forgotten conversations' threads (each bridge those its callers forgot), and
+    idle threads (only the bridge that leads those sharing a database: one archives each)."""
     interval = min(MAX_INTERVAL, ttl_seconds / 4)
     while True:
         try:
             await archive_dismissed(conversations, rest, credential)
-            await archive_idle_threads(
-                conversations, rest, credential, ttl_seconds=ttl_seconds, now=time.time(), in_use=in_use
-            )
+            if await lead():
+                await archive_idle_threads(
+                    conversations, rest, credential, ttl_seconds=ttl_seconds, now=time.time(), in_use=in_use
+                )
         except Exception:
             log.exception("housekeeping failed; trying again in %.0fs", interval)
         # The interval, or sooner when a caller forgets a conversation.

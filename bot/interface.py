@@ -8,7 +8,7 @@ and `bot.mock.MockBackend` implements it in memory for tests.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -165,6 +165,12 @@ class UpstreamError(BridgeError):
     code = "upstream_error"
 
 
+class StorageUnavailable(BridgeError):
+    """The database the bridges share cannot be reached: nothing was posted."""
+
+    code = "storage_unavailable"
+
+
 class ServerShutdown(BridgeError):
     code = "server_shutdown"
 
@@ -223,10 +229,19 @@ class TokenReport:
     reason: str | None  # why it is not healthy (a disable reason is persisted)
     resting_until: datetime | None  # resting or capped: when it can post again
     resting_models: dict[str, datetime]
-    in_flight: int  # prompts awaiting Coze now
+    in_flight: int  # prompts awaiting Coze now, from every bridge sharing the pool
     max_in_flight: int
     posts_today: int
     daily_cap: int | None
+    # Bridge (instance.name) -> its prompts in flight with the token, when any; bridges
+    # sharing a database show each other's. Alone: empty, and all of `in_flight` is its own.
+    holders: Mapping[str, int] = field(default_factory=dict)
+    here: str = ""  # this bridge's instance.name
+
+    @property
+    def in_flight_here(self) -> int:
+        """This bridge's share of `in_flight` (what /metrics counts: Prometheus adds them up)."""
+        return self.holders.get(self.here, 0) if self.holders else self.in_flight
 
     @property
     def masked(self) -> str:
@@ -270,6 +285,16 @@ class IntentMissing:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceReport:
+    """A bridge sharing the database, as /v1/status shows it."""
+
+    name: str
+    started: datetime
+    seen: datetime  # its last heartbeat
+    leader: bool  # it runs the housekeeping
+
+
+@dataclass(frozen=True, slots=True)
 class BackendStatus:
     state: BridgeState
     open_replies: int
@@ -280,6 +305,11 @@ class BackendStatus:
     queue: QueueStatus = QueueStatus()
     # When `state` last changed (None: not known, e.g. the mock).
     state_since: datetime | None = None
+    # This bridge's instance.name, and every live bridge sharing its database (itself included).
+    instance: str = ""
+    instances: tuple[InstanceReport, ...] = ()
+    # False while the database cannot be reached (new requests get storage_unavailable).
+    storage_available: bool = True
 
 
 @dataclass(frozen=True, slots=True)

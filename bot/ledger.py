@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.config import ModelSettings
+from bot.coordination import Coordinator, LocalCoordinator
 from bot.interface import BridgeError, CozeBusy, CozeLimited, ModelLimited, Queued
 from bot.seams import Clock
-from bot.store import Store
+from bot.store import Store, StoredToken
 from bot.tasks import TaskSet
 from bot.token_pool import PoolToken, TokenPool, utc
 from bot.token_queue import Lease, TokenQueue
@@ -36,10 +37,18 @@ class InvalidToken(Exception):
 
 class Ledger:
     def __init__(
-        self, pool: TokenPool, store: Store, writes: TaskSet, *, clock: Clock, max_queue: int = 100
+        self,
+        pool: TokenPool,
+        store: Store,
+        writes: TaskSet,
+        *,
+        clock: Clock,
+        max_queue: int = 100,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self.pool = pool
-        self.queue = TokenQueue(pool, clock, limit=max_queue)
+        self.coordinator: Coordinator = coordinator or LocalCoordinator("local")
+        self.queue = TokenQueue(pool, clock, limit=max_queue, coordinator=self.coordinator)
         self.clock = clock
         self._store = store
         self._writes = writes
@@ -47,15 +56,61 @@ class Ledger:
         # and a single writer saves each changed row once, however many posts came meanwhile.
         self._dirty: dict[str, PoolToken] = {}
         self._saving = False
+        self._announce = False  # a changed row is a new state other bridges should see soon
+        # Tokens with a write not yet durable: what the database shows of them is older.
+        self._unsaved: set[str] = set()
 
     def _persist(self, write: Coroutine[Any, Any, None]) -> None:
+        self._writes.spawn(self._announced(write), name="token-ledger")
+
+    def _persist_quietly(self, write: Coroutine[Any, Any, None]) -> None:
+        # Posts' counts reach other bridges through the coordinator's own record of posts.
         self._writes.spawn(write, name="token-ledger")
 
-    def _changed(self, token: PoolToken) -> None:
+    async def _announced(self, write: Coroutine[Any, Any, None]) -> None:
+        await write
+        # Bridges sharing the database look again at once, instead of at their next round.
+        self.coordinator.announce()
+
+    def refresh(
+        self,
+        rows: dict[str, StoredToken],
+        rests: dict[tuple[str, int], float],
+        model_rests: dict[int, float],
+        now: float,
+    ) -> None:
+        """Take what other bridges sharing the database changed: invalid marks, admins'
+        switches and rests (a rest only ever lengthens)."""
+        for token in self.pool.tokens:
+            row = rows.get(token.fingerprint)
+            if row is not None and token.fingerprint not in self._unsaved:
+                if (row.invalid, row.disabled) != (token.invalid, token.disabled):
+                    if (token.invalid and not row.invalid) or (token.disabled and not row.disabled):
+                        token.back_at = now
+                    log.info("%s: another bridge marked it %s", token.masked, _state(row))
+                token.invalid, token.invalid_reason, token.invalid_since = (
+                    row.invalid,
+                    row.invalid_reason,
+                    row.invalid_since,
+                )
+                token.disabled, token.disabled_since = row.disabled, row.disabled_since
+        for (fingerprint, bot), until in rests.items():
+            rested = self.pool.find(fingerprint)
+            if rested is not None and until > rested.rests.get(bot, 0.0):
+                rested.rests[bot] = until
+                rested.rested_at.setdefault(bot, now)
+        for bot, until in model_rests.items():
+            if until > self.pool.model_rests.get(bot, 0.0):
+                self.pool.model_rests[bot] = until
+        self.queue.serve()
+
+    def _changed(self, token: PoolToken, *, announce: bool = False) -> None:
         self._dirty[token.fingerprint] = token
+        self._unsaved.add(token.fingerprint)
+        self._announce = self._announce or announce
         if not self._saving:
             self._saving = True
-            self._persist(self._save_changed())
+            self._persist_quietly(self._save_changed())
 
     async def _save_changed(self) -> None:
         try:
@@ -65,6 +120,10 @@ class Ledger:
                 await asyncio.gather(*(self._store.save_token(token.stored()) for token in tokens))
         finally:
             self._saving = False
+            self._unsaved = set(self._dirty)
+        if self._announce:
+            self._announce = False
+            self.coordinator.announce()
 
     @contextlib.asynccontextmanager
     async def pacing(self, lease: Lease) -> AsyncIterator[Post]:
@@ -86,7 +145,7 @@ class Ledger:
             return
         log.error("%s was refused by Discord (%s); it is not used until a check passes", token.masked, reason)
         token.invalid, token.invalid_reason, token.invalid_since = True, reason, now
-        self._changed(token)
+        self._changed(token, announce=True)
         self.queue.serve()
 
     def revalidate(self, token: PoolToken, now: float) -> None:
@@ -94,7 +153,7 @@ class Ledger:
             return
         log.info("%s passed its check: it posts again", token.masked)
         token.invalid, token.invalid_reason, token.invalid_since, token.back_at = False, None, None, now
-        self._changed(token)
+        self._changed(token, announce=True)
         self.queue.serve()
 
     def set_disabled(self, token: PoolToken, disabled: bool, now: float) -> None:
@@ -104,7 +163,7 @@ class Ledger:
         token.disabled, token.disabled_since = disabled, now if disabled else None
         if not disabled:
             token.back_at = now
-        self._changed(token)
+        self._changed(token, announce=True)
         self.queue.serve()
 
     def rest_token(self, token: PoolToken, model: ModelSettings, now: float) -> float:
@@ -176,6 +235,12 @@ class Ledger:
             retry_after=until - now,
             notice=notice,
         )
+
+
+def _state(row: StoredToken) -> str:
+    if row.invalid:
+        return f"invalid ({row.invalid_reason or 'refused by Discord'})"
+    return "disabled" if row.disabled else "healthy"
 
 
 @dataclass(slots=True)

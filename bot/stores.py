@@ -6,7 +6,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from bot.config import StorageSettings, masked_url
+from bot.config import InstanceSettings, StorageSettings, masked_url
+from bot.coordination import Coordinator, LocalCoordinator
 from bot.postgres_store import open_postgres_store
 from bot.sqlite_store import open_sqlite_store
 from bot.store import Store
@@ -30,3 +31,23 @@ async def open_store(settings: StorageSettings) -> AsyncIterator[Store]:
     async with open_sqlite_store(settings.path) as sqlite:
         log.info("storage: SQLite at %s", settings.path)
         yield sqlite
+
+
+@asynccontextmanager
+async def open_coordinator(
+    settings: StorageSettings, instance: InstanceSettings, now: float
+) -> AsyncIterator[Coordinator]:
+    """What this bridge agrees on with others sharing its database: on SQLite, nobody."""
+    url = settings.postgresql
+    if url is None:
+        local = LocalCoordinator(instance.name)
+        local.started(now)
+        yield local
+        return
+    from bot.postgres_coordinator import open_postgres_coordinator  # TEMP
+
+    async with open_postgres_coordinator(
+        url, name=instance.name, lease_seconds=instance.lease_seconds
+    ) as shared:
+        log.info("instance %s: sharing the pool and conversations through PostgreSQL", instance.name)
+        yield shared

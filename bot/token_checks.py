@@ -62,9 +62,14 @@ class TokenChecks:
 
     async def run(self) -> None:
         """Check every token now, then every interval, until cancelled."""
+        first = True
         while True:
             try:
-                await self.check_all()
+                # At start every bridge checks its tokens; after that, only the one that leads
+                # the bridges sharing a database, so Discord sees one check per token per round.
+                if first or await self._ledger.coordinator.lead():
+                    await self.check_all()
             except Exception:
                 log.exception("the token checks failed; trying again next round")
+            first = False
             await asyncio.sleep(self._interval() * self._rng.uniform(0.9, 1.1))

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from bot.coordination import SharedToken
 from bot.reset import ResetTime
 from bot.store import StoredToken
 
@@ -79,6 +80,11 @@ class PoolToken:
     in_flight: int = 0  # requests holding it, from their take until their reply ends
     claimed: bool = False  # a holder is about to post with it: nobody else may (when paced)
     ready_at: float = 0.0  # its next post may not go out before this (the gap)
+    # What other bridges sharing the database do with it (bot.coordination), as last seen.
+    others_in_flight: int = 0
+    others_ready_at: float = 0.0
+    others_claimed: bool = False
+    holders: dict[str, int] = field(default_factory=dict)  # instance name -> posts in flight
 
     @property
     def masked(self) -> str:
@@ -118,6 +124,8 @@ class TokenPool:
         self.reset = reset
         self.rng = rng or random.Random()
         self.model_rests: dict[int, float] = {}
+        # This bridge's instance.name, under which reports show its own posts in flight.
+        self.here = ""
         # What the store remembered, for tokens a reload adds later; and tokens that left the
         # pool, so one listed again keeps its counts and its state.
         self._stored: dict[str, StoredToken] = {}
@@ -200,7 +208,7 @@ class TokenPool:
     @staticmethod
     def is_free(token: PoolToken, now: float) -> bool:
         """Below its max_in_flight, nobody about to post with it, and past its gap."""
-        return token.in_flight < token.pacing.max_in_flight and TokenPool.may_post(token, now)
+        return _flying(token) < token.pacing.max_in_flight and TokenPool.may_post(token, now)
 
     def choose(self, coze_bot_id: int, now: float, *, exclude: Iterable[str] = ()) -> PoolToken | None:
         """The free token with the fewest prompts in flight, then the fewest posts today (a
@@ -213,7 +221,7 @@ class TokenPool:
                 continue
             if not self.usable(token, coze_bot_id, now):
                 continue
-            key = (token.in_flight, self.posts_today(token, now))
+            key = (_flying(token), self.posts_today(token, now))
             if best_key is None or key < best_key:
                 best, best_key = [token], key
             elif key == best_key:
@@ -223,9 +231,9 @@ class TokenPool:
     def next_free_at(self, now: float) -> float | None:
         """When the first token waiting only for its gap may post (None: none is)."""
         times = [
-            token.ready_at
+            _ready_at(token)
             for token in self.tokens
-            if token.ready_at > now and token.in_flight < token.pacing.max_in_flight and not _held(token)
+            if _ready_at(token) > now and _flying(token) < token.pacing.max_in_flight and not _held(token)
         ]
         return min(times) if times else None
 
@@ -249,11 +257,17 @@ class TokenPool:
 
     @staticmethod
     def may_post(token: PoolToken, now: float) -> bool:
-        return not _held(token) and now >= token.ready_at
+        return not _held(token) and now >= _ready_at(token)
+
+    @staticmethod
+    def may_post_here(token: PoolToken, now: float) -> bool:
+        """As far as this bridge knows without asking the others (its own claims and gaps)."""
+        return not (token.claimed and token.pacing.paced) and now >= token.ready_at
 
     def posted(self, token: PoolToken, now: float, *, counted: bool) -> None:
         """A post with the token ended (its parts all sent, or failed): the gap starts now."""
-        token.claimed = False
+        # Its own claim was what the other bridges showed: the next look shows any newer one.
+        token.claimed = token.others_claimed = False
         pacing = token.pacing
         token.ready_at = now + pacing.min_gap + (self.rng.uniform(0, pacing.jitter) if pacing.jitter else 0.0)
         if counted:
@@ -297,14 +311,32 @@ class TokenPool:
         ]
         return min(times) if times else None
 
+    def today(self, now: float) -> float:
+        """When the day of `now` began (the last reset)."""
+        return self.reset.last_at_or_before(utc(now)).timestamp()
+
+    def share(self, seen: Mapping[str, SharedToken], now: float) -> None:
+        """Take what the bridges sharing the database do with each token (bot.coordination)."""
+        today = self.today(now)
+        for token in self.tokens:
+            shared = seen.get(token.fingerprint, SharedToken(token.fingerprint))
+            token.others_in_flight = shared.others_in_flight
+            token.others_ready_at, token.others_claimed = shared.ready_at, shared.claimed
+            token.holders = {
+                name: count for name, count in shared.holders.items() if name != self.here and count
+            }
+            # Every bridge's posts count against the daily cap; this one's may not be written yet.
+            if shared.day_start == today and shared.posts_today > self.posts_today(token, now):
+                token.day_start, token.requests_today = today, shared.posts_today
+
     def count_request(self, token: PoolToken, now: float) -> None:
-        today = self.reset.last_at_or_before(utc(now)).timestamp()
+        today = self.today(now)
         if token.day_start != today:
             token.day_start, token.requests_today, token.capped_at = today, 0, None
         token.requests_today += 1
 
     def posts_today(self, token: PoolToken, now: float) -> int:
-        today = self.reset.last_at_or_before(utc(now)).timestamp()
+        today = self.today(now)
         return token.requests_today if token.day_start == today else 0
 
     requests_today = posts_today
@@ -316,4 +348,12 @@ def utc(timestamp: float) -> datetime:
 
 def _held(token: PoolToken) -> bool:
     # Unpaced posts need no turns: serialising them would cap a token at one post per round trip.
-    return token.claimed and token.pacing.paced
+    return (token.claimed or token.others_claimed) and token.pacing.paced
+
+
+def _flying(token: PoolToken) -> int:
+    return token.in_flight + token.others_in_flight
+
+
+def _ready_at(token: PoolToken) -> float:
+    return max(token.ready_at, token.others_ready_at)

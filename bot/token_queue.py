@@ -11,14 +11,16 @@ ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
+import secrets
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bot.config import ModelSettings
+from bot.coordination import Coordinator, LocalCoordinator
 from bot.interface import BridgeError, Overloaded, Queued
 from bot.seams import Clock
 from bot.token_pool import PoolToken, TokenPool
@@ -34,11 +36,14 @@ Refusal = Callable[[float], BridgeError]
 class Lease:
     """The token one request holds, from its take until its reply ends (a retry swaps it)."""
 
-    __slots__ = ("claimed", "token")
+    __slots__ = ("claimed", "flight", "flown", "token")
 
     def __init__(self) -> None:
         self.token: PoolToken | None = None
         self.claimed = False  # whether it holds the token's next post
+        # Its posts in flight as the bridges sharing the database know them (bot.coordination).
+        self.flight = secrets.token_hex(8)
+        self.flown = False  # whether the coordinator counts it in flight with `token`
 
 
 @dataclass(eq=False)
@@ -52,9 +57,12 @@ class _Waiter:
 
 
 class TokenQueue:
-    def __init__(self, pool: TokenPool, clock: Clock, *, limit: int) -> None:
+    def __init__(
+        self, pool: TokenPool, clock: Clock, *, limit: int, coordinator: Coordinator | None = None
+    ) -> None:
         self._pool = pool
         self._clock = clock
+        self._coordinator: Coordinator = coordinator or LocalCoordinator("local")
         self.limit = limit
         self.full_since: float | None = None
         self._waiters: deque[_Waiter] = deque()
@@ -162,30 +170,71 @@ class TokenQueue:
         token, lease.token = lease.token, None
         if token is None:
             return None
+        if lease.flown:
+            self._coordinator.release(token.fingerprint, lease.flight)
+            lease.flown = False
         left = self._pool.release(token, claimed=lease.claimed)
         lease.claimed = False
         self.serve()
         return token if left else None
 
     async def claim(self, lease: Lease) -> None:
-        """Wait for the held token's gap, then hold its next post (a re-post, or a probe)."""
+        """Wait for the held token's gap, then hold its next post (a re-post, or a probe), here
+        and then among the bridges sharing the database."""
         assert lease.token is not None
-        if lease.claimed:
-            return
         token = lease.token
-        while not self._pool.may_post(token, now := self._clock()):
-            changed = self._changed
-            # Timers may fire a little early: the loop asks the clock again.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(None if token.claimed else max(0.0, token.ready_at - now)):
-                    await changed.wait()
-        token.claimed = lease.claimed = True
+        if not lease.claimed:
+            # This bridge's own turn first: its claims and gaps are known here without asking.
+            while not self._pool.may_post_here(token, now := self._clock()):
+                await self._changed_or(None if token.claimed else token.ready_at - now)
+            token.claimed = lease.claimed = True
+        pacing = token.pacing
+        while True:
+            now = self._clock()
+            retry_at = await self._coordinator.claim_post(
+                token.fingerprint,
+                lease.flight,
+                max_in_flight=pacing.max_in_flight,
+                daily_cap=pacing.daily_cap,
+                day_start=self._pool.today(now),
+                now=now,
+            )
+            if retry_at is None:
+                lease.flown = True
+                return
+            await self._changed_or(None if math.isinf(retry_at) else retry_at - now, shared=True)
+
+    async def _changed_or(self, seconds: float | None, *, shared: bool = False) -> None:
+        """Wait for a change to the pool (here, or on another bridge when `shared`), or `seconds`."""
+        waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._changed.wait())}
+        if shared:
+            waits.add(asyncio.ensure_future(self._coordinator.changed()))
+        try:
+            # Timers may fire a little early: the callers ask the clock again.
+            await asyncio.wait(
+                waits,
+                timeout=None if seconds is None else max(0.0, seconds),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     def posted(self, lease: Lease, *, counted: bool) -> None:
         """The claimed post is done (or failed): the token's gap starts now."""
-        assert lease.token is not None
-        self._pool.posted(lease.token, self._clock(), counted=counted)
+        token = lease.token
+        assert token is not None
+        now = self._clock()
+        self._pool.posted(token, now, counted=counted)
         lease.claimed = False
+        self._coordinator.posted(
+            token.fingerprint,
+            lease.flight,
+            ready_at=token.ready_at,
+            counted=counted,
+            day_start=self._pool.today(now),
+        )
         self.serve()
 
     def close(self, error: BridgeError) -> None:

@@ -62,10 +62,12 @@ def token_report(
         reason=where.reason,
         resting_until=utc(where.until) if where.until else None,
         resting_models=resting,
-        in_flight=token.in_flight,
+        in_flight=token.in_flight + token.others_in_flight,
         max_in_flight=token.pacing.max_in_flight,
         posts_today=pool.posts_today(token, now),
         daily_cap=token.pacing.daily_cap,
+        here=pool.here,
+        holders={**token.holders, pool.here: token.in_flight} if token.in_flight else dict(token.holders),
     )
 
 

@@ -51,6 +51,10 @@ async def readyz(request: web.Request) -> web.Response:
         # Even a connected gateway is no use: Coze's replies arrive without their text.
         body = {"status": state.value, "reason": "message_content_intent", "fix": MESSAGE_CONTENT_SWITCH}
         return web.json_response(body, status=503, headers={"Retry-After": "5"})
+    if not backend_status.storage_available:
+        # The database other bridges share is away: new requests would only get 503s here.
+        body = {"status": state.value, "reason": "storage_unavailable"}
+        return web.json_response(body, status=503, headers={"Retry-After": "5"})
     if state is BridgeState.READY:
         return web.json_response({"status": state.value})
     return web.json_response({"status": state.value}, status=503, headers={"Retry-After": "5"})
@@ -80,6 +84,7 @@ def token_json(token: TokenReport) -> dict[str, object]:
         "max_in_flight": token.max_in_flight,
         "posts_today": token.posts_today,
         "daily_cap": token.daily_cap,
+        "holders": dict(token.holders),
     }
 
 
@@ -104,6 +109,17 @@ async def status(request: web.Request) -> web.Response:
         ],
         "queue": {"length": queue.length, "limit": queue.limit, "full_since": _iso(queue.full_since)},
         "intents": _intents(backend_status.intent_missing),
+        "instance": backend_status.instance,
+        "storage": "ok" if backend_status.storage_available else "unavailable",
+        "instances": [
+            {
+                "name": instance.name,
+                "started": _iso(instance.started),
+                "seen": _iso(instance.seen),
+                "leader": instance.leader,
+            }
+            for instance in backend_status.instances
+        ],
     }
     return web.json_response(body)
 
@@ -122,7 +138,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     # sharing a label add up under it.
     in_flight = Counter[str]()
     for token in backend_status.tokens:
-        in_flight[token.label] += token.in_flight
+        in_flight[token.label] += token.in_flight_here  # Prometheus adds up the instances
     metrics.token_in_flight.clear()
     for label, count in in_flight.items():
         metrics.token_in_flight.labels(label).set(count)

@@ -34,6 +34,7 @@ AT_RESTART = (
     # plain request (first_reply_timeout) must be the backend's: one version per run.
     "completion",
     "storage",
+    "instance",
     "api.host",
     "api.port",
     "api.max_body_bytes",

@@ -27,6 +27,7 @@ from bot.config import (
     ApiKey,
     CompletionSettings,
     DiscordSettings,
+    InstanceSettings,
     ModelSettings,
     StorageSettings,
 )
@@ -142,6 +143,7 @@ class Settings(BaseSettings):
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
     accounts: AccountSettings = Field(default_factory=AccountSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    instance: InstanceSettings = Field(default_factory=InstanceSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)

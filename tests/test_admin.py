@@ -140,6 +140,7 @@ async def test_the_admin_key_opens_by_bearer_or_basic_and_nothing_else_does(tmp_
             "max_in_flight": 2,
             "posts_today": 3,
             "daily_cap": 50,
+            "holders": {},
         }
         for user in ("admin", "", "anyone at all"):
             status, _, _ = await admin.call("GET", "/admin/tokens", key=None, headers=basic(user, ADMIN_KEY))
