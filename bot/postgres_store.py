@@ -1,24 +1,23 @@
 """The `Store` in PostgreSQL, so that several bridges can share their state (issue 15).
 
-asyncpg, with a pool of connections. Writes queue in order and commit in batches, one batch at
-a time: a write returns once its batch is committed, and no write overtakes an earlier one (a
-token saved twice keeps the later row, as in SQLite). A batch that fails is run again write by
-write, each in its own transaction, so a failed write leaves nothing of itself and spoils no
-other. The schema has the versions of `bot.sqlite_store`, in PostgreSQL's types; bridges that
-start together migrate once, one after the other, under an advisory lock.
+asyncpg, with a pool of connections. Writes queue in order and commit in batches, and outlast
+an unreachable server (`bot.postgres_writes`); reads fail at once. The schema has the versions
+of `bot.sqlite_store`, in PostgreSQL's types; bridges that start together migrate once, one
+after the other, under an advisory lock.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
 from bot.interface import StartupError
+from bot.postgres_writes import CLIENT_FAILURES as CLIENT_FAILURES  # where others look for it
+from bot.postgres_writes import FAILURES, LAST_TRY_SECONDS, Statement, Writes, connection
 from bot.sqlite_store import SCHEMA_VERSION
 from bot.store import StoredConversation, StoredToken
 
@@ -96,37 +95,31 @@ POOL_SIZE = 10
 CONNECT_SECONDS = 10.0
 DEFAULT_PORT = 5432
 
-Statement = tuple[str, tuple[object, ...]]
-Write = tuple[Statement, ...]
-if TYPE_CHECKING:  # asyncpg's classes are generic in its stubs only
-    Pool = asyncpg.Pool[asyncpg.Record]
-    Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
-# The connection is gone, or the driver lost track of it (asyncpg's InternalClientError when
-# the server ends a session mid-transaction): the connection is closed, not pooled again.
-CLIENT_FAILURES = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
-# What tells a write it failed: PostgreSQL refused it, or the connection failed.
-FAILURES = (asyncpg.PostgresError, *CLIENT_FAILURES)
+if TYPE_CHECKING:
+    from bot.postgres_writes import Connection, Pool
 
 
 class PostgresStore:
     """Meets `bot.store.Store`; open it with `open_postgres_store`."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, last_try: float = LAST_TRY_SECONDS) -> None:
         self._pool = pool
-        self._queued: list[tuple[Write, asyncio.Future[None]]] = []
-        self._committer: asyncio.Task[None] | None = None
-        self.commits = 0
+        self._writes = Writes(pool, last_try=last_try)
         # Migration steps this store applied when it opened (0: another bridge had, or none were due).
         self.applied = 0
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Connection]:
-        async with self._pool.acquire() as db:
-            try:
-                yield db
-            except CLIENT_FAILURES:
-                db.terminate()  # the pool opens a new one in its place
-                raise
+    @property
+    def available(self) -> bool:
+        """False while writes wait for an unreachable server; True again after a commit."""
+        return self._writes.available
+
+    @property
+    def commits(self) -> int:
+        """Batches committed so far."""
+        return self._writes.commits
+
+    def _connection(self) -> AbstractAsyncContextManager[Connection]:
+        return connection(self._pool)
 
     async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
         async with self._connection() as db:
@@ -264,73 +257,11 @@ class PostgresStore:
 
     async def _write(self, *statements: Statement) -> None:
         """Run `statements` together and return once they are committed."""
-        committed = asyncio.get_running_loop().create_future()
-        self._queued.append((statements, committed))
-        if self._committer is None:
-            self._committer = asyncio.get_running_loop().create_task(self._commit_queued(), name="postgres")
-        # A caller that gives up (its request was cancelled) still has its write committed.
-        await asyncio.shield(committed)
-
-    async def _commit_queued(self) -> None:
-        """Commit what is queued; what queues up meanwhile goes into the next batch."""
-        batch: list[tuple[Write, asyncio.Future[None]]] = []
-        try:
-            while self._queued:
-                batch, self._queued = self._queued, []
-                outcomes = await self._commit([statements for statements, _ in batch])
-                self.commits += 1
-                for (_, committed), outcome in zip(batch, outcomes, strict=True):
-                    if outcome is None:
-                        committed.set_result(None)
-                    else:
-                        committed.set_exception(outcome)
-        except BaseException as exc:
-            # The writers learn of it from their own futures; nothing is left waiting.
-            for _, committed in batch + self._queued:
-                if committed.done():
-                    continue
-                if isinstance(exc, Exception):
-                    committed.set_exception(exc)
-                else:
-                    committed.cancel()
-            self._queued = []
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self._committer = None
-
-    async def _commit(self, batch: Sequence[Write]) -> list[Exception | None]:
-        """Each write's outcome: the batch in one transaction, or else write by write."""
-        try:
-            async with self._connection() as db, db.transaction():
-                for statements in batch:
-                    await _run(db, statements)
-            return [None] * len(batch)
-        except asyncpg.PostgresError as exc:
-            if len(batch) == 1:
-                return [exc]
-        except FAILURES as exc:
-            return [exc] * len(batch)  # no connection: the others would fail alike
-        outcomes: list[Exception | None] = []
-        for statements in batch:
-            try:
-                async with self._connection() as db, db.transaction():
-                    await _run(db, statements)
-            except FAILURES as exc:
-                outcomes.append(exc)
-            else:
-                outcomes.append(None)
-        return outcomes
+        await self._writes.write(statements)
 
     async def drain(self) -> None:
         """Wait for every queued write (before closing the pool)."""
-        while self._committer is not None:
-            await asyncio.shield(self._committer)
-
-
-async def _run(db: Connection, statements: Write) -> None:
-    for sql, params in statements:
-        await db.execute(sql, *params)
+        await self._writes.drain()
 
 
 def _conversation(row: asyncpg.Record) -> StoredConversation:
@@ -378,6 +309,7 @@ async def open_postgres_store(
     schema: int = SCHEMA_VERSION,
     pool_size: int = POOL_SIZE,
     connect_timeout: float = CONNECT_SECONDS,
+    last_try: float = LAST_TRY_SECONDS,
 ) -> AsyncIterator[PostgresStore]:
     """Connect, and migrate to `schema` (tests pass an older one); StartupError if it cannot."""
     where = describe(url)
@@ -386,7 +318,7 @@ async def open_postgres_store(
     except (*FAILURES, ValueError) as exc:
         raise StartupError(f"cannot reach PostgreSQL at {where}: {_reason(exc, url)}") from None
     try:
-        store = PostgresStore(pool)
+        store = PostgresStore(pool, last_try=last_try)
         try:
             await store._migrate(schema)
         except FAILURES as exc:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from bot.config import InstanceSettings, StorageSettings, masked_url
 from bot.coordination import Coordinator, LocalCoordinator
+from bot.postgres_coordinator import open_postgres_coordinator
 from bot.postgres_store import open_postgres_store
 from bot.sqlite_store import open_sqlite_store
 from bot.store import Store
@@ -44,7 +45,6 @@ async def open_coordinator(
         local.started(now)
         yield local
         return
-    from bot.postgres_coordinator import open_postgres_coordinator  # TEMP
 
     async with open_postgres_coordinator(
         url, name=instance.name, lease_seconds=instance.lease_seconds

@@ -26,6 +26,8 @@ from bot.reset import ResetTime
 from bot.store import StoredToken
 
 ADMIN_DISABLED = "disabled by an admin"
+# A max_in_flight this high bounds nothing (the listener-bot fallback, benchmarks).
+UNBOUNDED = 1_000_000
 SETTINGS_DISABLED = "enabled = false in the settings"
 
 
@@ -38,7 +40,7 @@ def fingerprint(token: str) -> str:
 class Pacing:
     """How one token posts. The default paces nothing (the listener-bot fallback, unit rigs)."""
 
-    max_in_flight: int = 1_000_000
+    max_in_flight: int = UNBOUNDED
     min_gap: float = 0.0
     jitter: float = 0.0
     daily_cap: int | None = None
@@ -47,6 +49,11 @@ class Pacing:
     def paced(self) -> bool:
         """Whether posts keep a gap, so one post at a time may be about to go out."""
         return self.min_gap > 0 or self.jitter > 0
+
+    @property
+    def bounded(self) -> bool:
+        """Whether anything limits its posts: then bridges sharing it claim each post first."""
+        return self.paced or self.max_in_flight < UNBOUNDED or self.daily_cap is not None
 
 
 @dataclass(frozen=True, slots=True)

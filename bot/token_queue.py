@@ -189,6 +189,8 @@ class TokenQueue:
                 await self._changed_or(None if token.claimed else token.ready_at - now)
             token.claimed = lease.claimed = True
         pacing = token.pacing
+        if not pacing.bounded:
+            return  # nothing to hold across bridges: its posts reach them through `posted`
         while True:
             now = self._clock()
             retry_at = await self._coordinator.claim_post(

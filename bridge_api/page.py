@@ -90,6 +90,16 @@ async def overview(request: web.Request) -> web.StreamResponse:
         {
             "now": _iso(datetime.fromtimestamp(recent.clock(), UTC)),
             "gateway": _gateway(status),
+            "instance": {
+                "name": status.instance,
+                "storage": "ok" if status.storage_available else "unavailable",
+                "others": [
+                    {"name": other.name, "leader": other.leader}
+                    for other in status.instances
+                    if other.name != status.instance
+                ],
+                "leader": any(i.leader for i in status.instances if i.name == status.instance),
+            },
             "open_streams": int(open_streams or 0),
             "open_replies": status.open_replies,
             "queue": {

@@ -161,6 +161,7 @@ class CozeBot:
         # that holds the bridge's tokens in flight); `replying` counts the replies under way.
         self.gate: asyncio.Event | None = None
         self.replying = 0
+        self.reply_ended: dict[int, float] = {}  # prompt message id -> when its reply ended
         # (user id, Coze bot id or None for all): daily quota used up.
         self.exhausted: set[tuple[int, int | None]] = set()
         self.creator_limited: set[int] = set()
@@ -226,6 +227,8 @@ class CozeBot:
             await self._stream(prompt, plan, bot)
         finally:
             self.replying -= 1
+            # When the reply ended, on the simulation's clock: a prompt's time in flight is known.
+            self.reply_ended[prompt.message_id] = self.world.clock()
             self.world.changed()
 
     async def _stream(self, prompt: PromptInfo, plan: ReplyPlan, bot: Account) -> None:

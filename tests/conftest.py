@@ -18,7 +18,7 @@ from bot.interface import Backend, open_discord_backend
 from bridge_api.app import make_app, serving
 from bridge_api.settings import Settings, load_settings
 from simdiscord import SimulatedDiscord
-from tests.pg_server import pg_server, postgres_url  # noqa: F401  (fixtures)
+from tests.pg_server import pg_private_data, pg_server, postgres_url, private_pg  # noqa: F401  (fixtures)
 
 # Short enough that tests of the quiet-period end stay fast, long enough that the simulated
 # Coze bot's own pauses between edits (a few ms) never trip it.

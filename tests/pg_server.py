@@ -5,10 +5,15 @@ folder too), trust for the test user, and a database per test, copied from a tem
 migrated once. initdb and postgres refuse to run as root: as root (CI), they run as the
 `postgres` account Debian's package creates. Without the binaries the tests fail (the README's
 test command and .ci/run install them).
+
+`private_pg` is a server of a test's own, for tests that stop and start it under running
+bridges (issue 15): its data folder is a copy of one made once a session, it keeps its port across
+a restart, and it holds a database `bridge` (blank: the bridges migrate it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import itertools
@@ -31,8 +36,12 @@ from bot.postgres_store import open_postgres_store
 
 USER = "bridge"
 TEMPLATE = "bridge_template"
+PRIVATE_DATABASE = "bridge"
 # Tests throw their data away: nothing needs to survive a crash of the machine.
 FAST = ("-c fsync=off", "-c full_page_writes=off", "-c synchronous_commit=off")
+# A private server is stopped as a crash would stop it and must keep what it acknowledged:
+# its commits wait for the WAL to be written (to the OS, which outlives the server).
+KEEPS_COMMITS = ("-c fsync=off", "-c full_page_writes=off")
 
 
 def binaries() -> Path | None:
@@ -61,6 +70,7 @@ class PgServer:
     folder: Path
     port: int = 0
     account: dict[str, Any] = field(default_factory=dict)
+    options: tuple[str, ...] = FAST
     _template_ready: bool = False
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -77,29 +87,40 @@ class PgServer:
             **self.account,
         )
 
-    def start(self) -> None:
-        data = self.folder / "data"
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    def initdb(self) -> None:
         made = self.run(
-            "initdb", "-D", str(data), "-U", USER, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"
+            "initdb", "-D", str(self.data), "-U", USER, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"
         )
         if made.returncode:
             raise RuntimeError(f"initdb failed: {made.stderr.strip()}")
-        for _ in range(3):  # another process may take the free port before the server does
-            self.port = free_port()
+
+    def start(self) -> None:
+        """Start the server: on a free port the first time, on the same port after a stop."""
+        if not (self.data / "PG_VERSION").exists():
+            self.initdb()
+        fixed = self.port != 0
+        for _ in range(1 if fixed else 3):  # another process may take the free port before the server does
+            if not fixed:
+                self.port = free_port()
             options = (
                 f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.folder}"
             )
             started = self.run(
-                "pg_ctl", "-D", str(data), "-l", str(self.folder / "log"), "-w", "-t", "30",
-                "-o", " ".join((options, *FAST)), "start",
+                "pg_ctl", "-D", str(self.data), "-l", str(self.folder / "log"), "-w", "-t", "30",
+                "-o", " ".join((options, *self.options)), "start",
             )  # fmt: skip
             if started.returncode == 0:
                 return
         log = (self.folder / "log").read_text(errors="replace")
         raise RuntimeError(f"postgres did not start: {started.stdout.strip()} {log[-2000:]}")
 
-    def stop(self) -> None:
-        self.run("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop")
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server: "immediate" as a crash would (the default), "fast" as an operator would."""
+        self.run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     async def create(self, *, migrated: bool = True) -> str:
         """A new database's name: an empty one, or one at the current schema."""
@@ -134,8 +155,7 @@ def _account() -> dict[str, Any]:
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
+def _bindir() -> Path:
     bindir = binaries()
     if bindir is None:
         # Missing binaries fail the tests: skipped ones would pass without proving anything.
@@ -143,19 +163,96 @@ def pg_server() -> Iterator[PgServer]:
             "PostgreSQL's binaries (initdb, pg_ctl, postgres) are not installed: "
             "the README's test command installs Debian's postgresql"
         )
-    account = _account()
+    return bindir
+
+
+@contextlib.contextmanager
+def _server_folder(account: dict[str, Any]) -> Iterator[Path]:
+    """A temporary folder the server's account owns (initdb and postgres insist)."""
     folder = Path(tempfile.mkdtemp(prefix="coze-bridge-pg-"))
     try:
         if account:
             os.chown(folder, account["user"], account["group"])
-        server = PgServer(bindir, folder, account=account)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    account = _account()
+    with _server_folder(account) as folder:
+        server = PgServer(_bindir(), folder, account=account)
         server.start()
         try:
             yield server
         finally:
             server.stop()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class PrivatePg:
+    """A PostgreSQL server of one test's own, to stop and start while bridges use it."""
+
+    server: PgServer
+    database: str = PRIVATE_DATABASE
+
+    @property
+    def url(self) -> str:
+        return self.server.url(self.database)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def url_with(self, password: str) -> str:
+        """The URL with a password in it (trust lets any through): for tests that it is never shown."""
+        return self.server.url(self.database, password=password)
+
+    async def stop(self, mode: str = "immediate") -> None:
+        """Stop it (as a crash would, by default); connections to it fail from now on."""
+        await asyncio.to_thread(self.server.stop, mode)
+
+    async def start(self) -> None:
+        """Start it again, on the same port, with the same data."""
+        await asyncio.to_thread(self.server.start)
+
+
+@pytest.fixture(scope="session")
+def pg_private_data() -> Iterator[Path]:
+    """A stopped server's data folder, made once a session, that each private server copies."""
+    account = _account()
+    with _server_folder(account) as folder:
+        server = PgServer(_bindir(), folder, account=account)
+        server.start()
+        try:
+            made = server.run(
+                "createdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", USER, PRIVATE_DATABASE
+            )
+            if made.returncode:
+                raise RuntimeError(f"createdb failed: {made.stderr.strip()}")
+        finally:
+            server.stop("fast")  # a clean stop: a copy starts without crash recovery
+        yield server.data
+
+
+@pytest.fixture
+def private_pg(pg_private_data: Path) -> Iterator[PrivatePg]:
+    """A server of this test's own (own folder, own port), stopped at teardown."""
+    account = _account()
+    with _server_folder(account) as folder:
+        server = PgServer(_bindir(), folder, account=account, options=KEEPS_COMMITS)
+        # cp -a keeps the owner and modes postgres insists on (0700, its own account).
+        copied = subprocess.run(
+            ["cp", "-a", str(pg_private_data), str(server.data)], capture_output=True, text=True, check=False
+        )
+        if copied.returncode:
+            raise RuntimeError(f"copying the data folder failed: {copied.stderr.strip()}")
+        server.start()
+        try:
+            yield PrivatePg(server)
+        finally:
+            server.stop()
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -24,7 +24,7 @@ from bot.stores import open_store
 from bridge_api.settings import ConfigError, load_settings
 from simdiscord import SimulatedDiscord
 from tests.conftest import Bridge, BridgeFactory
-from tests.pg_server import PgServer, database
+from tests.pg_server import PgServer, PrivatePg, database
 
 PASSWORD = "pg-pass-7f3c9e1d"
 
@@ -335,3 +335,54 @@ async def test_a_connection_the_server_ended_is_replaced_and_no_write_lies(postg
             expected = {7: 1.0, 9: 3.0}
         await store.rest_model(9, until=3.0)
         assert await store.model_rests() == expected
+
+
+# An unreachable server (a private one, stopped and started again).
+async def until(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # sleep-ok: polls with a deadline; the store announces no retry
+
+
+async def test_writes_made_while_the_server_is_down_land_in_order_once_it_is_back(
+    private_pg: PrivatePg,
+) -> None:
+    async with open_postgres_store(private_pg.url) as store:
+        await store.add_thread(1, "coze", now=1.0)
+        assert store.available
+        await private_pg.stop()
+        first = asyncio.create_task(store.rest_model(7, until=1.0))
+        await until(lambda: not store.available)
+        later = asyncio.create_task(store.rest_model(7, until=2.0))  # queued behind the kept one
+        refused = asyncio.create_task(store._write(("INSERT INTO threads (thread_id) VALUES ($1)", (2,))))
+        with pytest.raises(ConnectionError):  # a read fails at once: its callers handle it
+            await store.model_rests()
+        assert not first.done()
+        await private_pg.start()
+        await asyncio.wait_for(asyncio.gather(first, later), 15)
+        with pytest.raises(asyncpg.NotNullViolationError):  # refused for its data: not kept
+            await refused
+        assert store.available
+        assert await store.model_rests() == {7: 2.0}, "the later write stays the later one"
+        await store.remember("h:x", 1, now=3.0)
+        assert await store.find_conversation("h:x") == 1
+        with pytest.raises(asyncpg.NotNullViolationError):  # alone, too
+            await store._write(("INSERT INTO threads (thread_id) VALUES ($1)", (3,)))
+        assert store.available, "a refused write says nothing of the connection"
+
+
+async def test_writes_still_kept_when_the_store_closes_are_counted_as_lost(
+    private_pg: PrivatePg, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = StoredToken("fp-7c1e", invalid=True, day_start=0.0, requests_today=1)
+    async with open_postgres_store(private_pg.url, last_try=0.5) as store:
+        await store.rest_model(7, until=1.0)
+        await private_pg.stop()
+        writer = asyncio.create_task(store.save_token(secret))
+        await until(lambda: not store.available)
+        started = asyncio.get_running_loop().time()
+    assert asyncio.get_running_loop().time() - started < 5, "the last try is bounded"
+    with pytest.raises(ConnectionError):
+        await writer
+    assert "1 writes lost" in caplog.text
+    assert "fp-7c1e" not in caplog.text, "a lost write's data is not logged"

@@ -222,6 +222,12 @@
     state.textContent = data.gateway.state;
     byId("gateway-since").textContent = data.gateway.since ? "since " + moment(data.gateway.since, now) : "";
     byId("intent-warning").hidden = !data.gateway.message_content_missing;
+    const instance = data.instance;
+    const others = instance.others.map((other) => other.name + (other.leader ? " (leader)" : ""));
+    byId("instance").textContent = others.length
+      ? `· ${instance.name}${instance.leader ? " (leader)" : ""}, with ${others.join(", ")}`
+      : "";
+    byId("storage-warning").hidden = instance.storage === "ok";
     byId("open-streams").textContent = data.open_streams;
     byId("open-replies").textContent = data.open_replies;
     const queue = data.queue;
