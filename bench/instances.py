@@ -95,6 +95,8 @@ class Instance:
     # The signal this rig ended it with (its exit is no crash); None while it runs, or if it
     # exited by itself.
     ended_by: signal.Signals | None = None
+    # Masked in the stderr tails it reports (`BridgeInstances` fills it).
+    secrets: list[str] = field(default_factory=list, repr=False)
     _stdout: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -125,9 +127,10 @@ class Instance:
         )
 
     def stderr_tail(self, chars: int = TAIL_CHARS) -> str:
+        """The end of its stderr, `secrets` masked: for failure reports."""
         if not self.stderr_path.exists():
             return ""
-        return self.stderr_path.read_text(errors="replace")[-chars:]
+        return mask(self.stderr_path.read_text(errors="replace"), self.secrets)[-chars:]
 
     async def start(self, http: aiohttp.ClientSession) -> None:
         """Start the process; return once its /readyz answers 200."""
@@ -264,6 +267,8 @@ class BridgeInstances:
             *([password, unquote(password)] if password else []),
             *secrets,
         ]
+        for instance in self.instances:
+            instance.secrets = self.secrets
 
     def __getitem__(self, key: int | str) -> Instance:
         if isinstance(key, int):
@@ -323,17 +328,16 @@ class BridgeInstances:
             code = None if instance.process is None else instance.process.returncode
             if instance in crashed:
                 problems.append(
-                    f"instance {instance.name} exited by itself ({code}):\n{self._tail(instance)}"
+                    f"instance {instance.name} exited by itself ({code}):\n{instance.stderr_tail()}"
                 )
             elif instance.ended_by == signal.SIGTERM and code not in (0, None):
-                problems.append(f"instance {instance.name} exited {code} on SIGTERM:\n{self._tail(instance)}")
+                problems.append(
+                    f"instance {instance.name} exited {code} on SIGTERM:\n{instance.stderr_tail()}"
+                )
         if self._http is not None:
             await self._http.close()
             self._http = None
         return problems
-
-    def _tail(self, instance: Instance) -> str:
-        return mask(instance.stderr_tail(), self.secrets)
 
     def assert_no_secrets(self) -> None:
         """Fail if any instance wrote a token, the API key or the database's password."""

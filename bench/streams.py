@@ -200,11 +200,48 @@ async def one_stream(http: aiohttp.ClientSession, url: str, nonce: str, log: Sen
         result.reasons[reason if not got_done or reason != "no [DONE]" else "no content"] += 1
 
 
-async def sample_rss(proc: psutil.Process, result: Round, stop: asyncio.Event) -> None:
+async def sample_rss(procs: list[psutil.Process], result: Round, stop: asyncio.Event) -> None:
+    """The largest RSS of any one target process (each instance's own footprint)."""
     while not stop.is_set():
-        result.peak_rss = max(result.peak_rss, proc.memory_info().rss)
+        result.peak_rss = max(result.peak_rss, *(proc.memory_info().rss for proc in procs))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
+
+
+async def drive(
+    http: aiohttp.ClientSession,
+    urls: list[str],
+    procs: list[psutil.Process],
+    streams: int,
+    repeats: int,
+    log: SendLog,
+    result: Round,
+) -> None:
+    """`streams` clients, each sending `repeats` streams one after another, client w to
+    urls[w % len(urls)]; the targets' CPU (summed) and peak RSS (the largest) go into `result`."""
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_rss(procs, result, stop))
+    cpu0 = sum(sum(ps.cpu_times()[:2]) for ps in procs)
+    own0 = time.process_time()
+    t0 = time.perf_counter()
+
+    async def worker(w: int) -> None:
+        url = urls[w % len(urls)]
+        for r in range(repeats):
+            await one_stream(http, url, f"n{w:04d}r{r:03d}"[:NONCE_CHARS], log, result)
+
+    # This process plays Discord and every client; its own collector's full passes
+    # (a third of a second at 1000 streams) would land in whichever target is measured.
+    gc.disable()
+    try:
+        await asyncio.gather(*(worker(w) for w in range(streams)))
+    finally:
+        gc.enable()
+        stop.set()
+        await sampler
+    result.wall = time.perf_counter() - t0
+    result.cpu = sum(sum(ps.cpu_times()[:2]) for ps in procs) - cpu0
+    result.harness_cpu = time.process_time() - own0
 
 
 async def run_round(
@@ -240,28 +277,7 @@ async def run_round(
                         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
                     )  # fmt: skip
                     await asyncio.sleep(1)  # py-spy attaches
-                stop = asyncio.Event()
-                sampler = asyncio.create_task(sample_rss(ps, result, stop))
-                cpu0 = sum(ps.cpu_times()[:2])
-                own0 = time.process_time()
-                t0 = time.perf_counter()
-
-                async def worker(w: int) -> None:
-                    for r in range(repeats):
-                        await one_stream(http, url, f"n{w:04d}r{r:03d}"[:NONCE_CHARS], log, result)
-
-                # This process plays Discord and every client; its own collector's full passes
-                # (a third of a second at 1000 streams) would land in whichever target is measured.
-                gc.disable()
-                try:
-                    await asyncio.gather(*(worker(w) for w in range(streams)))
-                finally:
-                    gc.enable()
-                result.wall = time.perf_counter() - t0
-                result.cpu = sum(ps.cpu_times()[:2]) - cpu0
-                result.harness_cpu = time.process_time() - own0
-                stop.set()
-                await sampler
+                await drive(http, [url], [ps], streams, repeats, log, result)
                 if spy is not None:
                     spy.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
                     await spy.wait()

@@ -331,12 +331,17 @@ class DiscordBackend:
             )
             async with aclosing(answer) as events:
                 async for event in events:
-                    if isinstance(event, Finished):
-                        # Before the event goes out: the caller stops reading at the finish chunk.
-                        await self._conversations.finished(
-                            request, model.name, thread_id, event.content, self._clock()
-                        )
-                        event = replace(event, continued=plan.thread_id is not None)
-                    yield event
+                    if not isinstance(event, Finished):
+                        yield event
+                        continue
+                    # Before the event goes out: a caller may stop reading at the finish chunk.
+                    write = self._conversations.finished(
+                        request, model.name, thread_id, event.content, self._clock()
+                    )
+                    yield replace(event, continued=plan.thread_id is not None, settling=write is not None)
+                    if write is not None:
+                        # The answer is out; its response ends once a follow-up to any bridge
+                        # sharing the database would find the exchange.
+                        await self._conversations.settled(write)
         finally:
             self._router.close(inbox)

@@ -158,17 +158,17 @@ class Conversations:
         """A thread the bridge created: its own to archive once idle."""
         self._write(self._store.add_thread(thread_id, model, now))
 
-    async def finished(
+    def finished(
         self, request: PromptRequest, model: str, thread_id: int, answer: str, now: float
-    ) -> None:
+    ) -> asyncio.Task[Any] | None:
         """Remember the exchange, so a request that extends it continues in its thread.
 
-        Alone, this bridge remembers it at once in memory and writes it behind. Shared with
-        other bridges, the follow-up may go to any of them, as soon as the caller has the
-        answer's end: so the write is durable first (waiting at most SHARED_WRITE_SECONDS).
+        The write runs behind; alone, this bridge finds the exchange in memory until it is
+        durable. Shared with other bridges, a follow-up may go to any of them: then the write
+        is returned, and the caller's response ends (after the answer) once it is `settled`.
         """
         if request.fresh or thread_id in self._dismissed:
-            return  # a thread its caller forgot while this request was in it: forgotten still
+            return None  # a thread its caller forgot while this request was in it: forgotten still
         if request.conversation is not None:
             key = named_key(model, request.conversation, caller=request.caller)
         else:
@@ -177,9 +177,12 @@ class Conversations:
         self._unwritten[key] = thread_id
         owner = caller_fingerprint(request.caller)
         write = self._write(self._remember(key, thread_id, now, owner, request.conversation))
-        if self._coordinator.shared:
-            # asyncio.wait: a caller that goes away cancels the wait, never the write.
-            await asyncio.wait({write}, timeout=SHARED_WRITE_SECONDS)
+        return write if self._coordinator.shared else None
+
+    @staticmethod
+    async def settled(write: asyncio.Task[Any]) -> None:
+        """Wait for an exchange's write (at most SHARED_WRITE_SECONDS); never cancels it."""
+        await asyncio.wait({write}, timeout=SHARED_WRITE_SECONDS)
 
     async def _remember(self, key: str, thread_id: int, now: float, owner: str, pinned: str | None) -> None:
         try:

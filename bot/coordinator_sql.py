@@ -254,9 +254,11 @@ async def tokens(db: Connection, run: str) -> dict[str, SharedToken]:
     for fingerprint, name, mine, count in flights:
         holders[fingerprint][name] = int(count)
         others[fingerprint] += 0 if mine else int(count)
+    # Only another bridge's claim holds this one back: its own it knows without asking.
     gates = await db.fetch(
-        f"SELECT fingerprint, ready_at, COALESCE(claim_run IN {LIVE}, false), day_start, posts_today "
-        "FROM token_gates"
+        f"SELECT fingerprint, ready_at, COALESCE(claim_run IN {LIVE} AND claim_run <> $1, false), "
+        "day_start, posts_today FROM token_gates",
+        run,
     )
     return {
         row[0]: SharedToken(

@@ -102,6 +102,9 @@ class Finished:
     images: tuple[str, ...] = ()  # image URLs in the reply, also linked at the end of `content`
     # Whether the request went on in an existing conversation's thread (False: a new thread).
     continued: bool = False
+    # The backend goes on after this event until the exchange is durable (bridges sharing a
+    # database): the response ends when its iterator does. False: it may end at once.
+    settling: bool = False
 
 
 ReplyEvent = TextDelta | Idle | Queued | Finished

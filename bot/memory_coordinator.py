@@ -284,7 +284,7 @@ class MemoryCoordinator:
                 fingerprint,
                 others_in_flight=others[fingerprint],
                 ready_at=gate.ready_at,
-                claimed=gate.claim is not None and hub.live(gate.claim[0]),
+                claimed=gate.claim is not None and gate.claim[0] is not self._me and hub.live(gate.claim[0]),
                 day_start=gate.day_start,
                 posts_today=gate.posts_today,
                 holders=dict(holders[fingerprint]),

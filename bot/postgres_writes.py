@@ -10,7 +10,9 @@ or the network failed) is not lost: it goes back to the head of the queue and is
 with whatever queued meanwhile, after a pause that doubles from RETRY_FIRST to RETRY_MAX, until
 it commits. Meanwhile `available` is False. A write PostgreSQL refuses for its data fails at
 once, as before. When the store closes, kept writes get a last `last_try` seconds, then are
-dropped and counted in the log (never their contents).
+dropped and counted in the log (never their contents). A write whose COMMIT was sent as the
+connection died may have landed and is run again: the writes are upserts and deletes, which
+land alike twice, but for a thread's `turns`, which may count one exchange twice.
 """
 
 from __future__ import annotations
@@ -146,23 +148,24 @@ class Writes:
     def _settle(self, batch: list[Queued], outcomes: list[Exception | None]) -> Exception | None:
         """Tell each writer its outcome, or keep its write for the next try (then: why)."""
         kept: list[Queued] = []
+        failure: Exception | None = None
         for (statements, committed), outcome in zip(batch, outcomes, strict=True):
             if outcome is None:
                 committed.set_result(None)
             elif lost_connection(outcome):
                 kept.append((statements, committed))
+                failure = outcome
             else:
                 committed.set_exception(outcome)
         if any(outcome is None for outcome in outcomes):
             self.commits += 1
-        if not kept:
+        if failure is None:
             if not self.available:
                 log.warning("PostgreSQL is reachable again: the writes kept meanwhile are committed")
             self.available = True
             return None
         # Kept writes go first again, ahead of any queued meanwhile: order holds.
         self._queued = kept + self._queued
-        failure = next(outcome for outcome in outcomes if outcome is not None)
         if self.available:
             self.available = False
             # The class only: a driver's message could carry more than it should.

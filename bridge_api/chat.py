@@ -135,15 +135,20 @@ async def collect_reply(request: web.Request, backend: Backend, prompt: PromptRe
     prompt = replace(prompt, limits=replace(prompt.limits, max_queue_seconds=wait))
     try:
         prompt = pinned(request, prompt)
+        finished: Finished | None = None
         async with aclosing(backend.complete(prompt, heartbeat=heartbeat)) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
                     _first_token(request)
                 elif isinstance(event, Finished):
-                    return event
+                    finished = event
+                    if not event.settling:
+                        break  # else on, until the backend has written the exchange
     except BridgeError as exc:
         raise _bridge_error(request, exc) from None
-    raise _unfinished()
+    if finished is None:
+        raise _unfinished()
+    return finished
 
 
 async def _stream(
@@ -170,13 +175,20 @@ async def _stream(
                 elif isinstance(event, Queued):
                     await response.write(queued(event.ahead))
                 else:
-                    # The end in one write, before the backend's iterator is closed.
                     request[CONTINUED] = event.continued
                     ending = chunks.finish(event.reason)
                     counts = request[USAGE] = usage(_prompt_text(prompt), event.content)
                     if chat.include_usage:
                         ending += chunks.usage(counts)
-                    await response.write(ending + DONE)
+                    if event.settling:
+                        # The answer's end at once, [DONE] once the exchange is written: a
+                        # follow-up to any bridge sharing the database then finds it.
+                        await response.write(ending)
+                        async for _ in events:
+                            pass
+                        await response.write(DONE)
+                    else:
+                        await response.write(ending + DONE)  # in one write, before the iterator closes
                     break
             else:
                 error = _unfinished()

@@ -18,6 +18,7 @@ from typing import Any
 from bot.backend import DiscordBackend
 from bot.config import AccountSettings, BackendConfig, CompletionSettings, ModelSettings
 from bot.conversations import Conversations
+from bot.coordination import Coordinator
 from bot.detector import ReplySnapshot
 from bot.gateway_state import GatewayState
 from bot.interface import BridgeState, ChatTurn, ImageFile, PromptRequest, ReplyEvent
@@ -81,10 +82,21 @@ def answer(text: str, **options: Any) -> Script:
     return lambda post: Reply([text[:cut] for cut in cuts if cut], **options)
 
 
+class Fanout:
+    """What every listener of bridges sharing a database sees: each message, on each router."""
+
+    def __init__(self, routers: Sequence[ReplyRouter]) -> None:
+        self.routers = list(routers)
+
+    def deliver(self, message: CozeMessage) -> None:
+        for router in self.routers:
+            router.deliver(message)
+
+
 class FakeDiscord:
     """Poster, History and Channels at once; it records what the backend did."""
 
-    def __init__(self, router: ReplyRouter) -> None:
+    def __init__(self, router: ReplyRouter | Fanout) -> None:
         self._router = router
         self._ids = itertools.count(10_000)
         self.script: Script = answer("Hello there, friend.")
@@ -274,13 +286,18 @@ async def make_rig(
     pacing: Pacing = NO_PACING,
     max_queue: int = 100,
     seed: int = 1,
+    coordinator: Coordinator | None = None,
+    router: ReplyRouter | None = None,
+    discord: FakeDiscord | None = None,
 ) -> AsyncIterator[Rig]:
+    """One backend over the fake Discord; bridges sharing a database (tests/shared_rig.py)
+    pass their coordinator, and each its own router on one fake Discord."""
     loop = asyncio.get_running_loop()
     # The wall clock on the loop's time. looptime starts the loop's virtual time with the test
     # itself (after fixtures), at zero.
     clock = lambda: NOON + loop.time()  # noqa: E731
-    router = ReplyRouter()
-    discord = FakeDiscord(router)
+    router = ReplyRouter() if router is None else router  # an empty router is falsy (len 0)
+    discord = FakeDiscord(router) if discord is None else discord
     labels = [f"user token #{n}" for n in range(1, tokens + 1)]
     credentials = {fingerprint(label): Credential(label, is_bot=False, label=label) for label in labels}
     pool = TokenPool(
@@ -310,8 +327,8 @@ async def make_rig(
         ),
         history=discord,
         reader=reader,
-        ledger=Ledger(pool, store, writes, clock=clock, max_queue=max_queue),
-        conversations=Conversations(store, writes),
+        ledger=Ledger(pool, store, writes, clock=clock, max_queue=max_queue, coordinator=coordinator),
+        conversations=Conversations(store, writes, coordinator),
         clock=clock,
         tasks=tasks,
         credentials=credentials,

@@ -160,7 +160,9 @@ async def test_shared_tokens_show_each_instances_flights_and_claims(pair: Pair) 
     assert seen_by_a.holders == {"a": 1, "b": 2}
     assert seen_by_a.others_in_flight == 2
     assert seen_by_a.claimed
-    assert (await pair.b.shared_tokens())[FP].others_in_flight == 1
+    seen_by_b = (await pair.b.shared_tokens())[FP]
+    assert seen_by_b.others_in_flight == 1
+    assert not seen_by_b.claimed, "its own claim holds nobody back on b"
     assert await pair.a.claim_post("fp2", "a3", **bounds()) is None
     assert set(await pair.b.shared_tokens()) == {FP, "fp2"}
 
