@@ -15,6 +15,7 @@ from dataclasses import replace
 from bot.answer import Answering, prompt_messages
 from bot.config import AccountSettings, BackendConfig, CompletionSettings, ModelSettings
 from bot.conversations import Conversations, Plan
+from bot.coordination import Coordinator
 from bot.gateway_state import GatewayState
 from bot.interface import (
     UNKNOWN_TOKEN,
@@ -43,7 +44,7 @@ from bot.reply_parts import ReplyParts
 from bot.rest import Credential, RestError
 from bot.router import Inbox, ReplyRouter
 from bot.seams import Clock, History
-from bot.sharing import share_rounds
+from bot.sharing import instance_reports, share_rounds
 from bot.stopping import MESSAGE, Stopping
 from bot.store import Store
 from bot.tasks import TaskSet
@@ -124,9 +125,15 @@ class DiscordBackend:
 
     def start_sharing(self, store: Store) -> None:
         """Keep the pool in step with the bridges sharing the database (when it is shared)."""
-        if self._ledger.coordinator.shared:
-            rounds = share_rounds(self._ledger.coordinator, self._ledger, store, self._clock, self._seen)
+        coordinator = self._ledger.coordinator
+        if coordinator.shared:
+            rounds = share_rounds(coordinator, self._ledger, store, self._clock, self._seen)
             self._tasks.spawn(rounds, name="pool-sharing")
+        else:
+            self._tasks.spawn(self._list_alone(coordinator), name="instance")
+
+    async def _list_alone(self, coordinator: Coordinator) -> None:
+        self._seen(instance_reports(await coordinator.instances()))  # itself, the leader
 
     def _seen(self, instances: tuple[InstanceReport, ...]) -> None:
         self.instances = instances

@@ -26,15 +26,14 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from bot.write_queue import Queued, Write, WriteQueue
+
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.2
 RETRY_MAX = 5.0
 LAST_TRY_SECONDS = 10.0
 
-Statement = tuple[str, tuple[object, ...]]
-Write = tuple[Statement, ...]
-Queued = tuple[Write, "asyncio.Future[None]"]
 if TYPE_CHECKING:  # asyncpg's classes are generic in its stubs only
     Pool = asyncpg.Pool[asyncpg.Record]
     Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
@@ -77,38 +76,25 @@ async def connection(pool: Pool) -> AsyncIterator[Connection]:
             raise
 
 
-class Writes:
-    """The write queue of one store, and its single committer task (awaited by `drain`)."""
+class Writes(WriteQueue):
+    """The write queue of one store: batches in order, kept and tried again while the server is away."""
 
     def __init__(self, pool: Pool, *, last_try: float = LAST_TRY_SECONDS) -> None:
+        super().__init__("postgres")
         self._pool = pool
         self._last_try = last_try
-        self._queued: list[Queued] = []
-        self._committer: asyncio.Task[None] | None = None
         # Set by `drain`: the pause before the next try ends at once.
         self._wake = asyncio.Event()
         self._close_by: float | None = None
-        self.commits = 0
         # False from a write's connection failure until the next commit.
         self.available = True
-
-    async def write(self, statements: Write) -> None:
-        """Run `statements` together and return once they are committed."""
-        loop = asyncio.get_running_loop()
-        committed = loop.create_future()
-        self._queued.append((statements, committed))
-        if self._committer is None:
-            self._committer = loop.create_task(self._commit_queued(), name="postgres")
-        # A caller that gives up (its request was cancelled) still has its write committed.
-        await asyncio.shield(committed)
 
     async def drain(self) -> None:
         """Wait for every queued write (before closing the pool), giving kept ones a last try."""
         self._close_by = asyncio.get_running_loop().time() + self._last_try
         self._wake.set()
         try:
-            while self._committer is not None:
-                await asyncio.shield(self._committer)
+            await super().drain()
         finally:
             # Drained but not closed (the contract suite writes on): later writes wait as before.
             self._close_by = None
@@ -116,47 +102,28 @@ class Writes:
 
     async def _commit_queued(self) -> None:
         """Commit what is queued; what queues up meanwhile goes into the next batch."""
-        batch: list[Queued] = []
         pause = RETRY_FIRST
-        try:
-            while self._queued:
-                batch, self._queued = self._queued, []
-                outcomes = await self._attempt([statements for statements, _ in batch])
-                failure = self._settle(batch, outcomes)
-                batch = []
-                if failure is None:
-                    pause = RETRY_FIRST
-                elif await self._rested(pause, failure):
-                    pause = min(pause * 2, RETRY_MAX)
-                else:
-                    return
-        except BaseException as exc:
-            # The writers learn of it from their own futures; nothing is left waiting.
-            for _, committed in batch + self._queued:
-                if committed.done():
-                    continue
-                if isinstance(exc, Exception):
-                    committed.set_exception(exc)
-                else:
-                    committed.cancel()
-            self._queued = []
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self._committer = None
+        while self._queued:
+            batch = self._take()
+            outcomes = await self._attempt([statements for statements, _ in batch])
+            failure = self._keep(batch, outcomes)
+            if failure is None:
+                pause = RETRY_FIRST
+            elif await self._rested(pause, failure):
+                pause = min(pause * 2, RETRY_MAX)
+            else:
+                return
 
-    def _settle(self, batch: list[Queued], outcomes: list[Exception | None]) -> Exception | None:
+    def _keep(self, batch: list[Queued], outcomes: list[Exception | None]) -> Exception | None:
         """Tell each writer its outcome, or keep its write for the next try (then: why)."""
         kept: list[Queued] = []
         failure: Exception | None = None
         for (statements, committed), outcome in zip(batch, outcomes, strict=True):
-            if outcome is None:
-                committed.set_result(None)
-            elif lost_connection(outcome):
+            if outcome is not None and lost_connection(outcome):
                 kept.append((statements, committed))
                 failure = outcome
             else:
-                committed.set_exception(outcome)
+                self._settle(committed, outcome)
         if any(outcome is None for outcome in outcomes):
             self.commits += 1
         if failure is None:
@@ -181,9 +148,7 @@ class Writes:
     def _drop(self, failure: Exception) -> None:
         """The store is closing and the server is still away: the kept writes are lost."""
         dropped, self._queued = self._queued, []
-        for _, committed in dropped:
-            if not committed.done():
-                committed.set_exception(failure)
+        self._fail(dropped, failure)
         log.error("PostgreSQL was still unreachable when the store closed: %d writes lost", len(dropped))
 
     async def _rested(self, seconds: float, failure: Exception) -> bool:

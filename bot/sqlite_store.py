@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from bot.interface import StartupError
-from bot.store import StoredConversation, StoredToken
+from bot.sql_store import Row, SqliteDialect, SqlStore
+from bot.write_queue import Write, WriteQueue
 
 T = TypeVar("T")
+# Each write's: None once committed, or why it failed.
+Outcomes = list[sqlite3.Error | None]
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: threads the bridge created, conversations continuing in them, user-token health.
@@ -77,54 +80,31 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX threads_caller ON threads (caller, last_used);
     """,
 )
-TOKEN_COLUMNS = (
-    "fingerprint, invalid, day_start, requests_today, invalid_reason, invalid_since, disabled, disabled_since"
-)
 SCHEMA_VERSION = len(MIGRATIONS)
-# A caller's conversations: the threads some conversation still continues in, each with its id
-# (the pinned one, or else the latest key; updated_at ties go to the later write).
-LISTED = """
-    SELECT COALESCE(t.pinned, (
-            SELECT c.key FROM conversations c WHERE c.thread_id = t.thread_id
-            ORDER BY c.updated_at DESC, c.rowid DESC LIMIT 1
-        )), t.thread_id, t.model, t.created_at, t.last_used, t.turns, t.pinned IS NOT NULL
-    FROM threads t
-    WHERE t.caller = ? AND EXISTS (SELECT 1 FROM conversations c WHERE c.thread_id = t.thread_id)
-"""
-NEWEST_FIRST = " ORDER BY t.last_used DESC, t.thread_id DESC"
 # How long a first write waits for others to share its commit. Nobody's bytes wait on a write
 # (the bridge writes behind), so a longer window only trades a little durability for fewer
 # commits and thread hops: at a thousand open streams, one a request was a fifth of the CPU.
 BATCH_WINDOW = 0.05
 
 
-Statement = tuple[str, tuple[object, ...]]
-Row = tuple[Any, ...]
-
-
-class SqliteStore:
+class SqliteStore(SqlStore):
     """Meets `bot.store.Store`; open it with `open_sqlite_store`."""
+
+    dialect = SqliteDialect()
 
     def __init__(
         self, db: sqlite3.Connection, worker: ThreadPoolExecutor, *, window: float = BATCH_WINDOW
     ) -> None:
+        super().__init__(_Writes(self._commit, window))
         self._db = db  # touched only in the worker thread
         self._worker = worker
-        self._window = window
-        self._queued: list[tuple[tuple[Statement, ...], asyncio.Future[None]]] = []
-        self._committer: asyncio.Task[None] | None = None
-        self.commits = 0
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` with the connection, in the worker thread."""
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, self._db)
 
-    async def _rows(self, sql: str, *params: object) -> list[Row]:
+    async def _fetch(self, sql: str, *params: object) -> list[Row]:
         return await self.call(lambda db: db.execute(sql, params).fetchall())
-
-    async def schema_version(self) -> int:
-        rows = await self._rows("SELECT version FROM schema_version")
-        return int(rows[0][0]) if rows else 0
 
     async def _migrate(self, target: int) -> None:
         await self.call(
@@ -144,162 +124,35 @@ class SqliteStore:
             )
             await self.call(partial(_script, script=script))
 
-    # Threads and conversations.
-    async def add_thread(self, thread_id: int, model: str, now: float) -> None:
-        await self._write(
-            (
-                "INSERT OR REPLACE INTO threads (thread_id, model, created_at, last_used) VALUES (?, ?, ?, ?)",
-                (thread_id, model, now, now),
-            )
-        )
+    async def _commit(self, batch: Sequence[Write]) -> Outcomes:
+        return await self.call(partial(_run, batch=batch))
 
-    async def idle_threads(self, before: float) -> list[int]:
-        rows = await self._rows(
-            "SELECT thread_id FROM threads WHERE last_used < ? ORDER BY last_used, thread_id", before
-        )
-        return [int(row[0]) for row in rows]
 
-    async def forget_thread(self, thread_id: int) -> None:
-        await self._write(("DELETE FROM threads WHERE thread_id = ?", (thread_id,)))
+class _Writes(WriteQueue):
+    """Batches of the writes that arrive within `window` of the first, one commit each."""
 
-    async def find_conversation(self, key: str) -> int | None:
-        rows = await self._rows("SELECT thread_id FROM conversations WHERE key = ?", key)
-        return int(rows[0][0]) if rows else None
-
-    async def remember(
-        self, key: str, thread_id: int, now: float, caller: str | None = None, pinned: str | None = None
-    ) -> None:
-        """Map the conversation to its thread, and count the exchange in the thread."""
-        # Selecting the thread, not trusting the caller, makes a thread forgotten meanwhile a
-        # quiet no-op instead of a foreign-key failure.
-        await self._write(
-            (
-                "UPDATE threads SET last_used = ?, caller = ?, pinned = ?, turns = turns + 1 WHERE thread_id = ?",
-                (now, caller, pinned, thread_id),
-            ),
-            (
-                "INSERT OR REPLACE INTO conversations SELECT ?, thread_id, ? FROM threads WHERE thread_id = ?",
-                (key, now, thread_id),
-            ),
-        )
-
-    async def conversations(self, caller: str) -> list[StoredConversation]:
-        return [_conversation(row) for row in await self._rows(LISTED + NEWEST_FIRST, caller)]
-
-    async def find_listed(self, caller: str, conversation_id: str) -> list[StoredConversation]:
-        # A pinned id names its thread; a key names the unpinned thread it maps to.
-        named = """ AND (t.pinned = ? OR (t.pinned IS NULL AND t.thread_id IN (
-            SELECT thread_id FROM conversations WHERE key = ?)))"""
-        rows = await self._rows(LISTED + named + NEWEST_FIRST, caller, conversation_id, conversation_id)
-        return [_conversation(row) for row in rows]
-
-    # Accounts.
-    async def tokens(self) -> dict[str, StoredToken]:
-        rows = await self._rows(f"SELECT {TOKEN_COLUMNS} FROM tokens")
-        return {row[0]: _token(row) for row in rows}
-
-    async def save_token(self, row: StoredToken) -> None:
-        values = (
-            row.fingerprint,
-            int(row.invalid),
-            row.day_start,
-            row.requests_today,
-            row.invalid_reason,
-            row.invalid_since,
-            int(row.disabled),
-            row.disabled_since,
-        )
-        await self._write(
-            (f"INSERT OR REPLACE INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
-        )
-
-    async def token_rests(self) -> dict[tuple[str, int], float]:
-        rows = await self._rows("SELECT fingerprint, coze_bot_id, until FROM token_rests")
-        return {(row[0], int(row[1])): float(row[2]) for row in rows}
-
-    async def rest_token(self, fingerprint: str, coze_bot_id: int, until: float) -> None:
-        await self._write(
-            ("INSERT OR REPLACE INTO token_rests VALUES (?, ?, ?)", (fingerprint, coze_bot_id, until))
-        )
-
-    async def model_rests(self) -> dict[int, float]:
-        rows = await self._rows("SELECT coze_bot_id, until FROM model_rests")
-        return {int(row[0]): float(row[1]) for row in rows}
-
-    async def rest_model(self, coze_bot_id: int, until: float) -> None:
-        await self._write(("INSERT OR REPLACE INTO model_rests VALUES (?, ?)", (coze_bot_id, until)))
-
-    async def _write(self, *statements: Statement) -> None:
-        """Run `statements` together and return once they are committed."""
-        committed = asyncio.get_running_loop().create_future()
-        self._queued.append((statements, committed))
-        if self._committer is None:
-            self._committer = asyncio.get_running_loop().create_task(self._commit_queued(), name="sqlite")
-        # A caller that gives up (its request was cancelled) still has its write committed.
-        await asyncio.shield(committed)
+    def __init__(self, commit: Callable[[Sequence[Write]], Awaitable[Outcomes]], window: float) -> None:
+        super().__init__("sqlite")
+        self._commit = commit  # in the worker thread, one commit: each write's outcome
+        self._window = window
 
     async def _commit_queued(self) -> None:
-        """Commit what is queued; what queues up meanwhile goes into the next commit."""
-        batch: list[tuple[tuple[Statement, ...], asyncio.Future[None]]] = []
-        try:
-            await asyncio.sleep(self._window)
-            while self._queued:
-                batch, self._queued = self._queued, []
-                writes = [statements for statements, _ in batch]
-                outcomes = await self.call(partial(_run, batch=writes))
-                self.commits += 1
-                for (_, committed), outcome in zip(batch, outcomes, strict=True):
-                    if outcome is None:
-                        committed.set_result(None)
-                    else:
-                        committed.set_exception(outcome)
-        except BaseException as exc:
-            # The writers learn of it from their own futures; nothing is left waiting.
-            for _, committed in batch + self._queued:
-                if committed.done():
-                    continue
-                if isinstance(exc, Exception):
-                    committed.set_exception(exc)
-                else:
-                    committed.cancel()
-            self._queued = []
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self._committer = None
-
-    async def drain(self) -> None:
-        """Wait for every queued write (before closing the connection)."""
-        while self._committer is not None:
-            await asyncio.shield(self._committer)
-
-
-def _conversation(row: Row) -> StoredConversation:
-    return StoredConversation(
-        row[0], int(row[1]), row[2], float(row[3]), float(row[4]), int(row[5]), pinned=bool(row[6])
-    )
-
-
-def _token(row: Row) -> StoredToken:
-    return StoredToken(
-        row[0],
-        bool(row[1]),
-        float(row[2]),
-        int(row[3]),
-        invalid_reason=row[4],
-        invalid_since=None if row[5] is None else float(row[5]),
-        disabled=bool(row[6]),
-        disabled_since=None if row[7] is None else float(row[7]),
-    )
+        await asyncio.sleep(self._window)
+        while self._queued:
+            batch = self._take()
+            outcomes = await self._commit([statements for statements, _ in batch])
+            self.commits += 1
+            for (_, committed), outcome in zip(batch, outcomes, strict=True):
+                self._settle(committed, outcome)
 
 
 def _script(db: sqlite3.Connection, *, script: str) -> None:
     db.executescript(script)
 
 
-def _run(db: sqlite3.Connection, *, batch: Sequence[tuple[Statement, ...]]) -> list[sqlite3.Error | None]:
+def _run(db: sqlite3.Connection, *, batch: Sequence[Write]) -> Outcomes:
     """In the worker: each write's statements, then one commit; a failed write spoils no other."""
-    outcomes: list[sqlite3.Error | None] = []
+    outcomes: Outcomes = []
     try:
         db.execute("BEGIN")
         for statements in batch:

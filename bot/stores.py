@@ -1,4 +1,8 @@
-"""Opening the store `storage.url` names: SQLite's file, or a PostgreSQL database."""
+"""Opening the store `storage.url` names: SQLite's file, or a PostgreSQL database.
+
+The PostgreSQL modules are imported only for a postgresql:// URL: asyncpg alone adds about
+4 MB to every process, and most bridges run alone on SQLite.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ from contextlib import asynccontextmanager
 
 from bot.config import InstanceSettings, StorageSettings, masked_url
 from bot.coordination import Coordinator, LocalCoordinator
-from bot.postgres_coordinator import open_postgres_coordinator
-from bot.postgres_store import open_postgres_store
 from bot.sqlite_store import open_sqlite_store
 from bot.store import Store
 
@@ -24,6 +26,8 @@ async def open_store(settings: StorageSettings) -> AsyncIterator[Store]:
     """
     url = settings.postgresql
     if url is not None:
+        from bot.postgres_store import open_postgres_store  # only for PostgreSQL: see above
+
         async with open_postgres_store(url) as postgres:
             log.info("storage: PostgreSQL at %s", masked_url(url))
             yield postgres
@@ -45,6 +49,8 @@ async def open_coordinator(
         local.started(now)
         yield local
         return
+
+    from bot.postgres_coordinator import open_postgres_coordinator  # only for PostgreSQL: see above
 
     async with open_postgres_coordinator(
         url, name=instance.name, lease_seconds=instance.lease_seconds

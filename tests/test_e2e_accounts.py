@@ -197,11 +197,14 @@ async def test_token_states_survive_a_restart(sim: SimulatedDiscord, start_bridg
 
 
 async def test_status_is_behind_the_api_key(sim: SimulatedDiscord, start_bridge: BridgeFactory) -> None:
-    bridge: Bridge = await start_bridge(api={"keys": ["sk-status"]})
+    bridge: Bridge = await start_bridge(api={"keys": ["sk-status"]}, instance={"name": "vps-1"})
     async with bridge.http.get(f"{bridge.base_url}/v1/status") as resp:
         assert resp.status == 401
     body = await status(bridge, Authorization="Bearer sk-status")
     assert len(body["tokens"]) == 3
+    # Alone on SQLite: itself, the leader of nobody else.
+    assert (body["instance"], body["storage"]) == ("vps-1", "ok")
+    assert [(i["name"], i["leader"]) for i in body["instances"]] == [("vps-1", True)]
     text = str(body)
     assert not any(token in text for token in sim.user_tokens), "tokens are masked"
 
