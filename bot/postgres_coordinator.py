@@ -28,7 +28,7 @@ from bot.coordination import InstanceInfo, SharedToken
 from bot.coordinator_queue import OpQueue, Run, Unreachable, connection, unreachable
 from bot.interface import StartupError
 from bot.memory_coordinator import in_use
-from bot.postgres_store import CLIENT_FAILURES, CONNECT_SECONDS, _reason, describe
+from bot.postgres_store import CLIENT_FAILURES, CONNECT_SECONDS, _reason, connect_pool, describe
 from bot.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -310,12 +310,9 @@ async def open_postgres_coordinator(
 ) -> AsyncIterator[PostgresCoordinator]:
     """Join the bridges sharing the database at `url`; StartupError if it cannot."""
     where = describe(url)
-    try:
-        # min_size 0: asyncpg keeping a floor of connections logs a traceback at every failed
-        # reconnection while the database is away; the heartbeat keeps one connection in use.
-        pool: Pool = await asyncpg.create_pool(url, min_size=0, max_size=POOL_SIZE, timeout=connect_timeout)
-    except (*FAILURES, ValueError) as exc:
-        raise StartupError(f"cannot reach PostgreSQL at {where}: {_reason(exc, url)}") from None
+    # min_size 0: asyncpg keeping a floor of connections logs a traceback at every failed
+    # reconnection while the database is away; the heartbeat keeps one connection in use.
+    pool = await connect_pool(url, min_size=0, max_size=POOL_SIZE, connect_seconds=connect_timeout)
     coordinator = PostgresCoordinator(pool, url, name=name, lease_seconds=lease_seconds)
     try:
         try:

@@ -148,6 +148,14 @@ def _reason(exc: BaseException, url: str) -> str:
     return " ".join(reason.split())  # one line, whatever the driver said
 
 
+async def connect_pool(url: str, *, min_size: int, max_size: int, connect_seconds: float) -> Pool:
+    """A pool of connections to `url`; StartupError (one line, no password) if it cannot."""
+    try:
+        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=connect_seconds)
+    except (*FAILURES, ValueError) as exc:
+        raise StartupError(f"cannot reach PostgreSQL at {describe(url)}: {_reason(exc, url)}") from None
+
+
 @asynccontextmanager
 async def open_postgres_store(
     url: str,
@@ -159,10 +167,7 @@ async def open_postgres_store(
 ) -> AsyncIterator[PostgresStore]:
     """Connect, and migrate to `schema` (tests pass an older one); StartupError if it cannot."""
     where = describe(url)
-    try:
-        pool: Pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size, timeout=connect_timeout)
-    except (*FAILURES, ValueError) as exc:
-        raise StartupError(f"cannot reach PostgreSQL at {where}: {_reason(exc, url)}") from None
+    pool = await connect_pool(url, min_size=1, max_size=pool_size, connect_seconds=connect_timeout)
     try:
         store = PostgresStore(pool, last_try=last_try)
         try:
