@@ -189,7 +189,7 @@ class TokenQueue:
                 await self._changed_or(None if token.claimed else token.ready_at - now)
             token.claimed = lease.claimed = True
         pacing = token.pacing
-        if not pacing.bounded:
+        if not (self._coordinator.shared and pacing.bounded):
             return  # nothing to hold across bridges: its posts reach them through `posted`
         while True:
             now = self._clock()
@@ -230,13 +230,14 @@ class TokenQueue:
         now = self._clock()
         self._pool.posted(token, now, counted=counted)
         lease.claimed = False
-        self._coordinator.posted(
-            token.fingerprint,
-            lease.flight,
-            ready_at=token.ready_at,
-            counted=counted,
-            day_start=self._pool.today(now),
-        )
+        if self._coordinator.shared:  # alone, nobody else needs to know
+            self._coordinator.posted(
+                token.fingerprint,
+                lease.flight,
+                ready_at=token.ready_at,
+                counted=counted,
+                day_start=self._pool.today(now),
+            )
         self.serve()
 
     def close(self, error: BridgeError) -> None:
