@@ -19,21 +19,16 @@ from bot.coordination import Coordinator
 from bot.gateway_state import GatewayState
 from bot.interface import (
     UNKNOWN_TOKEN,
-    BackendStatus,
-    BridgeState,
     ConversationInfo,
     Finished,
     ImageKeeper,
-    InstanceReport,
     Limits,
     NotReady,
     PromptRequest,
-    QueueStatus,
     ReplyEvent,
     SendFailed,
     ServerShutdown,
     StorageUnavailable,
-    TokenReport,
     UnknownToken,
 )
 from bot.ledger import Attempts, Ledger
@@ -45,6 +40,7 @@ from bot.rest import Credential, RestError
 from bot.router import Inbox, ReplyRouter
 from bot.seams import Clock, History
 from bot.sharing import instance_reports, share_rounds
+from bot.status import BackendStatus, BridgeState, InstanceReport, QueueStatus, TokenReport
 from bot.stopping import MESSAGE, Stopping
 from bot.store import Store
 from bot.tasks import TaskSet

@@ -16,7 +16,6 @@ from bot.coze_texts import Holdback, Trouble, classify
 from bot.detector import CompletionDetector, ReplySnapshot, Step
 from bot.gateway_state import GatewayState
 from bot.interface import (
-    BridgeState,
     CozeBusy,
     CozeLimited,
     Finished,
@@ -29,6 +28,7 @@ from bot.interface import (
     UpstreamError,
 )
 from bot.router import WAKE, Inbox, Wake
+from bot.status import BridgeState
 
 
 async def follow_reply(

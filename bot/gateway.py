@@ -11,11 +11,12 @@ import discord
 import yarl
 
 from bot.gateway_state import GatewayState
-from bot.interface import MESSAGE_CONTENT_SWITCH, BridgeState, IntentEvidence, StartupError
+from bot.interface import StartupError
 from bot.listener import Listener
 from bot.payloads import MessagePayload, coze_message, is_blank
 from bot.rest import Credential, DiscordRest, RestError
 from bot.router import ReplyRouter
+from bot.status import MESSAGE_CONTENT_SWITCH, BridgeState, IntentEvidence
 
 log = logging.getLogger(__name__)
 

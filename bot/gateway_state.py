@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from bot.interface import BridgeState, IntentEvidence, IntentMissing
+from bot.status import BridgeState, IntentEvidence, IntentMissing
 
 log = logging.getLogger(__name__)
 

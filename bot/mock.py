@@ -14,21 +14,16 @@ from dataclasses import replace
 from bot.config import BackendConfig, ModelSettings
 from bot.interface import (
     UNKNOWN_TOKEN,
-    BackendStatus,
-    BridgeState,
     ConversationInfo,
-    IntentMissing,
     Limits,
     NotReady,
     PromptRequest,
-    QueueStatus,
     ReplyEvent,
     ServerShutdown,
-    TokenReport,
-    TokenState,
     UnknownConversation,
     UnknownToken,
 )
+from bot.status import BackendStatus, BridgeState, IntentMissing, QueueStatus, TokenReport, TokenState
 
 Handler = Callable[[PromptRequest], AsyncIterator[ReplyEvent]]
 

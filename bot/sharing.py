@@ -16,9 +16,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from bot.coordination import Coordinator, InstanceInfo
-from bot.interface import InstanceReport
 from bot.ledger import Ledger
 from bot.seams import Clock
+from bot.status import InstanceReport
 from bot.store import Store
 
 log = logging.getLogger(__name__)

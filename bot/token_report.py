@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bot.config import ModelSettings
-from bot.interface import ModelStatus, TokenReport, TokenState
+from bot.status import ModelStatus, TokenReport, TokenState
 from bot.token_pool import ADMIN_DISABLED, SETTINGS_DISABLED, PoolToken, TokenPool, utc
 
 

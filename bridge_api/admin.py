@@ -15,7 +15,8 @@ import logging
 from aiohttp import BasicAuth, web
 from pydantic import BaseModel, ConfigDict, StrictBool
 
-from bot.interface import BridgeError, TokenReport
+from bot.interface import BridgeError
+from bot.status import TokenReport
 from bridge_api.appkeys import BACKEND, CONFIG
 from bridge_api.bearer import matches_any
 from bridge_api.chat import read_json

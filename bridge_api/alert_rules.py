@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
-from bot.interface import (
+from bot.status import (
     MESSAGE_CONTENT_SWITCH,
     BackendStatus,
     BridgeState,

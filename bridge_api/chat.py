@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
-from bot.interface import Backend, BridgeError, BridgeState, Finished, Idle, PromptRequest, Queued, TextDelta
+from bot.interface import Backend, BridgeError, Finished, Idle, PromptRequest, Queued, TextDelta
+from bot.status import BridgeState
 from bridge_api.appkeys import (
     API_KEY,
     BACKEND,

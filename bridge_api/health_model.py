@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from bot.interface import BackendStatus, BridgeState, Finished
+from bot.interface import Finished
+from bot.status import BackendStatus, BridgeState
 from bridge_api.appkeys import BACKEND, CONFIG, USAGE
 from bridge_api.chunks import DONE, ChunkStream, completion_body, usage
 from bridge_api.errors import APIError

@@ -9,7 +9,7 @@ from datetime import datetime
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot.interface import MESSAGE_CONTENT_SWITCH, BridgeState, IntentMissing, TokenReport, TokenState
+from bot.status import MESSAGE_CONTENT_SWITCH, BridgeState, IntentMissing, TokenReport, TokenState
 from bridge_api.appkeys import BACKEND, CONFIG, METRICS
 from bridge_api.model_access import model_not_found, visible_models
 

@@ -14,7 +14,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from bot.interface import BackendStatus, ModelStatus
+from bot.status import BackendStatus, ModelStatus
 from bridge_api.admin import require_admin
 from bridge_api.appkeys import BACKEND, CONFIG, METRICS, RECENT
 from bridge_api.errors import APIError

@@ -13,16 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.interface import (
-    BackendStatus,
-    Finished,
-    ModelStatus,
-    PromptRequest,
-    ReplyEvent,
-    TokenReport,
-    TokenState,
-)
+from bot.interface import Finished, PromptRequest, ReplyEvent
 from bot.mock import MockBackend
+from bot.status import BackendStatus, ModelStatus, TokenReport, TokenState
 from bridge_api.alerts import ALERTS, AlertWatcher, alerts_context
 from bridge_api.appkeys import BACKEND, CONFIG
 from bridge_api.live import LiveConfig

@@ -21,7 +21,7 @@ from bot.conversations import Conversations
 from bot.coordination import Coordinator
 from bot.detector import ReplySnapshot
 from bot.gateway_state import GatewayState
-from bot.interface import BridgeState, ChatTurn, ImageFile, PromptRequest, ReplyEvent
+from bot.interface import ChatTurn, ImageFile, PromptRequest, ReplyEvent
 from bot.ledger import Ledger
 from bot.memory_store import MemoryStore
 from bot.payloads import CozeMessage, MessagePayload
@@ -30,6 +30,7 @@ from bot.probe import PROBE_TEXT
 from bot.reset import ResetTime
 from bot.rest import Credential, MessageCreate, RestError
 from bot.router import ReplyRouter
+from bot.status import BridgeState
 from bot.tasks import TaskSet
 from bot.token_pool import Pacing, PoolToken, TokenPool, TokenSpec, fingerprint
 

@@ -19,18 +19,9 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.interface import (
-    BackendStatus,
-    Finished,
-    ModelStatus,
-    PromptRequest,
-    Queued,
-    QueueStatus,
-    ReplyEvent,
-    TokenReport,
-    TokenState,
-)
+from bot.interface import Finished, PromptRequest, Queued, ReplyEvent
 from bot.mock import MockBackend
+from bot.status import BackendStatus, ModelStatus, QueueStatus, TokenReport, TokenState
 from bot.token_pool import fingerprint
 from bridge_api.app import make_app, serving
 from bridge_api.settings import ConfigError, load_settings

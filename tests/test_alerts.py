@@ -15,14 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from yarl import URL
 
-from bot.interface import (
-    BackendStatus,
-    BridgeState,
-    IntentMissing,
-    ModelStatus,
-    QueueStatus,
-    TokenState,
-)
+from bot.status import BackendStatus, BridgeState, IntentMissing, ModelStatus, QueueStatus, TokenState
 from bridge_api.alert_rules import KINDS, Alert, duration
 from bridge_api.alerts import alerts_ctx, is_discord_webhook, payload
 from tests.alert_rig import SECRET, START, Receiver, StatusMock, by_kind, receiving, running, settings, token

@@ -13,7 +13,6 @@ import openai
 import pytest
 
 from bot.interface import (
-    BridgeState,
     Finished,
     Idle,
     NotReady,
@@ -24,6 +23,7 @@ from bot.interface import (
     TextDelta,
 )
 from bot.mock import MockBackend
+from bot.status import BridgeState
 from bridge_api.app import make_app, serving
 from bridge_api.settings import load_settings
 

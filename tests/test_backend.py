@@ -13,7 +13,6 @@ import pytest
 from bot.config import CompletionSettings
 from bot.conversations import history_key
 from bot.interface import (
-    BridgeState,
     ChatTurn,
     CozeBusy,
     CozeLimited,
@@ -30,10 +29,10 @@ from bot.interface import (
     SendFailed,
     ServerShutdown,
     TextDelta,
-    TokenState,
 )
 from bot.probe import VERDICT_SECONDS
 from bot.rest import RestError
+from bot.status import BridgeState, TokenState
 from tests.backend_rig import (
     COMPLETION,
     COZE,

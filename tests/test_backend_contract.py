@@ -13,7 +13,6 @@ import pytest
 
 from bot.interface import (
     Backend,
-    BridgeState,
     ChatTurn,
     Finished,
     NotReady,
@@ -26,6 +25,7 @@ from bot.interface import (
     open_discord_backend,
 )
 from bot.mock import MockBackend
+from bot.status import BridgeState
 from simdiscord import PromptInfo, ReplyPlan, SimulatedDiscord
 from tests.conftest import sim_settings
 

@@ -9,8 +9,8 @@ from typing import Any
 import openai
 import pytest
 
-from bot.interface import BridgeState
 from bot.probe import PROBE_TEXT
+from bot.status import BridgeState
 from simdiscord import ReplyPlan, SimulatedDiscord
 from tests.conftest import Bridge, BridgeFactory
 

@@ -17,7 +17,7 @@ import discord
 import pytest
 
 from bot.gateway import Gateway
-from bot.interface import MESSAGE_CONTENT_SWITCH, IntentMissing
+from bot.status import MESSAGE_CONTENT_SWITCH, IntentMissing
 from simdiscord import ReplyPlan, SimulatedDiscord
 from simdiscord.gateway import MESSAGE_CONTENT_INTENT
 from simdiscord.world import GATEWAY_MESSAGE_CONTENT, GATEWAY_MESSAGE_CONTENT_LIMITED

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.interface import TokenState
+from bot.status import TokenState
 from bot.token_pool import fingerprint
 from simdiscord import SimulatedDiscord
 from tests.conftest import Bridge, BridgeFactory, sim_settings

@@ -11,9 +11,9 @@ import pytest
 
 from bot.gateway import Gateway
 from bot.gateway_state import GatewayState
-from bot.interface import MESSAGE_CONTENT_SWITCH, BridgeState, IntentMissing
 from bot.payloads import MessagePayload
 from bot.router import ReplyRouter
+from bot.status import MESSAGE_CONTENT_SWITCH, BridgeState, IntentMissing
 
 GUILD, COZE = 1, 2
 

@@ -16,16 +16,8 @@ import pytest
 from bot.coze_texts import Trouble
 from bot.follow import LimitNotice
 from bot.gateway import Gateway
-from bot.interface import (
-    BackendStatus,
-    BridgeError,
-    BridgeState,
-    Finished,
-    IntentMissing,
-    ModelStatus,
-    TokenReport,
-    TokenState,
-)
+from bot.interface import BridgeError, Finished
+from bot.status import BackendStatus, BridgeState, IntentMissing, ModelStatus, TokenReport, TokenState
 from bot.token_pool import fingerprint
 from bridge_api.errors import APIError
 from bridge_api.health_model import unavailable

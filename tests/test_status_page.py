@@ -21,8 +21,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.interface import BackendStatus, Finished, ModelStatus, PromptRequest, ReplyEvent, TextDelta
+from bot.interface import Finished, PromptRequest, ReplyEvent, TextDelta
 from bot.mock import MockBackend
+from bot.status import BackendStatus, ModelStatus
 from bot.token_pool import fingerprint
 from bridge_api.app import make_app, serving
 from bridge_api.middleware import key_fingerprint

@@ -6,8 +6,8 @@ import random
 from datetime import UTC, datetime
 
 from bot.config import ModelSettings
-from bot.interface import TokenState
 from bot.reset import ResetTime
+from bot.status import TokenState
 from bot.store import StoredToken
 from bot.token_pool import (
     ADMIN_DISABLED,

@@ -17,10 +17,10 @@ from bot.interface import (
     Queued,
     ReplyEvent,
     ServerShutdown,
-    TokenState,
     UnknownToken,
 )
 from bot.rest import RestError
+from bot.status import TokenState
 from bot.token_pool import Pacing, fingerprint
 from tests.backend_rig import COMPLETION, MODEL, Reply, Rig, make_rig
 
