@@ -36,14 +36,21 @@ Refusal = Callable[[float], BridgeError]
 class Lease:
     """The token one request holds, from its take until its reply ends (a retry swaps it)."""
 
-    __slots__ = ("claimed", "flight", "flown", "token")
+    __slots__ = ("_flight", "claimed", "flown", "token")
 
     def __init__(self) -> None:
         self.token: PoolToken | None = None
         self.claimed = False  # whether it holds the token's next post
-        # Its posts in flight as the bridges sharing the database know them (bot.coordination).
-        self.flight = secrets.token_hex(8)
+        self._flight: str | None = None
         self.flown = False  # whether the coordinator counts it in flight with `token`
+
+    @property
+    def flight(self) -> str:
+        """Its posts in flight as the bridges sharing the database know them (bot.coordination);
+        made on first use: a bridge alone never asks."""
+        if self._flight is None:
+            self._flight = secrets.token_hex(8)
+        return self._flight
 
 
 @dataclass(eq=False)

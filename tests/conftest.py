@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,3 +127,24 @@ async def start_bridge(sim: SimulatedDiscord, tmp_path: Path) -> AsyncIterator[B
 async def bridge(start_bridge: BridgeFactory) -> Bridge:
     bridge: Bridge = await start_bridge()
     return bridge
+
+
+async def failed_start(folder: Path, storage: str) -> tuple[str, list[str]]:
+    """Run the CLI with a `[storage]` section (TOML lines) it cannot open; it must exit 1.
+
+    The store opens before Discord is asked anything, so no Discord is needed to see it fail.
+    Returns all it printed, and its `coze-bridge:` lines.
+    """
+    config = folder / "config.toml"
+    config.write_text(
+        '[discord]\nbot_token = "t"\nguild_id = 1\ncoze_bot_id = 2\nchannel_id = 3\n'
+        f'api_base = "http://127.0.0.1:9/api"\n[storage]\n{storage}\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge_api", "--config", str(config), "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    lines = [line for line in err.decode().splitlines() if line.startswith("coze-bridge:")]
+    return (out + err).decode(), lines

@@ -14,6 +14,7 @@ import pytest
 from bot.interface import StartupError
 from bot.sqlite_store import open_sqlite_store
 from bridge_api.settings import ConfigError, load_settings
+from tests.conftest import failed_start
 from tests.mock_bridge import DISCORD, mock_bridge
 
 USER = [{"role": "user", "content": "hi"}]
@@ -86,21 +87,9 @@ async def test_a_corrupt_database_is_a_startup_error(tmp_path: Path) -> None:
 async def test_the_cli_says_a_corrupt_database_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bridge.db"
     path.write_bytes(b"garbage" * 500)
-    config = tmp_path / "config.toml"
-    # The store opens before Discord is asked anything: no Discord is needed to see it fail.
-    config.write_text(
-        '[discord]\nbot_token = "t"\nguild_id = 1\ncoze_bot_id = 2\nchannel_id = 3\n'
-        f'api_base = "http://127.0.0.1:9/api"\n[storage]\npath = "{path}"\n'
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge_api", "--config", str(config), "--port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1
-    lines = [line for line in err.decode().splitlines() if line.startswith("coze-bridge:")]
+    printed, lines = await failed_start(tmp_path, f'path = "{path}"')
     assert len(lines) == 1
-    assert "Traceback" not in err.decode()
+    assert "Traceback" not in printed
 
 
 async def test_a_list_setting_that_is_not_json_is_one_line_exit_2() -> None:

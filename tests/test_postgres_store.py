@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from bot.store import StoredConversation, StoredToken
 from bot.stores import open_store
 from bridge_api.settings import ConfigError, load_settings
 from simdiscord import SimulatedDiscord
-from tests.conftest import Bridge, BridgeFactory
+from tests.conftest import Bridge, BridgeFactory, failed_start
 from tests.pg_server import PgServer, PrivatePg, database
 
 PASSWORD = "pg-pass-7f3c9e1d"
@@ -185,24 +184,12 @@ async def test_a_refused_login_names_no_password(pg_server: PgServer) -> None:
 async def test_the_cli_exits_1_with_one_line_when_postgresql_is_down(
     tmp_path: Path, closed_port: int
 ) -> None:
-    config = tmp_path / "config.toml"
-    # The store opens before Discord is asked anything: no Discord is needed to see it fail.
-    config.write_text(
-        '[discord]\nbot_token = "t"\nguild_id = 1\ncoze_bot_id = 2\nchannel_id = 3\n'
-        'api_base = "http://127.0.0.1:9/api"\n[storage]\n'
-        f'url = "postgresql://bridge:{PASSWORD}@127.0.0.1:{closed_port}/bridge_db"\n'
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge_api", "--config", str(config), "--port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1
-    lines = [line for line in err.decode().splitlines() if line.startswith("coze-bridge:")]
+    url = f"postgresql://bridge:{PASSWORD}@127.0.0.1:{closed_port}/bridge_db"
+    printed, lines = await failed_start(tmp_path, f'url = "{url}"')
     assert len(lines) == 1
     assert f"PostgreSQL at 127.0.0.1:{closed_port}/bridge_db" in lines[0]
-    assert PASSWORD not in (out + err).decode()
-    assert "Traceback" not in err.decode()
+    assert PASSWORD not in printed
+    assert "Traceback" not in printed
 
 
 def test_a_url_is_described_by_host_port_and_database() -> None:
